@@ -180,7 +180,7 @@ def _read_csv(text: str, path: Path) -> Iterator[QARecord]:
             continue
         if len(row) != len(columns):
             raise DataError(f"{where}: expected {len(columns)} columns, found {len(row)}")
-        item = {"question": row[question_at], answer_column: row[answer_column]}
+        item = {"question": row[question_at], answer_column: row[answer_at]}
         negatives = [row[i] for _, i in negative_columns if row[i].strip()]
         if negatives:
             item["negatives"] = negatives

@@ -1,0 +1,44 @@
+"""Encode queries and passages with a SentenceTransformer the way every stage must: the query
+prompt (instruction) on questions only, never on passages, and unit-length vectors.
+
+Example::
+
+    >>> from training.models import load_model
+    >>> from training.encoding import SentenceEncoder
+    >>> encoder = SentenceEncoder(load_model("all-MiniLM-L6-v2", "mean", 64))
+    >>> encoder.queries(["Python nedir?"]).shape
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+
+class SentenceEncoder:
+    def __init__(self, model: SentenceTransformer, batch_size: int = 32):
+        self.model = model
+        self.batch_size = batch_size
+
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, "query")
+
+    def passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, "document")
+
+    def __call__(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
+        """The ``(texts, is_query)`` form that :class:`training.negatives.NegativeMiner` takes."""
+        return self.queries(texts) if is_query else self.passages(texts)
+
+    def _encode(self, texts: Sequence[str], prompt_name: str) -> np.ndarray:
+        return self.model.encode(
+            list(texts),
+            prompt_name=prompt_name,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )

@@ -1,0 +1,241 @@
+"""One training run end to end: split → base metrics → negatives → fine-tune → metrics → publish.
+
+The finished model folder appears at ``output_dir`` only when everything succeeded: work happens
+in ``<output_dir>.partial/`` (checkpoints for ``--resume`` included) and is moved into place last,
+so an interrupted or failed run never leaves a half-written model where a user expects one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import report
+from training.data import QAData, QARecord, load_qa_data
+from training.encoding import SentenceEncoder
+from training.metrics import RetrievalTask, evaluate
+from training.models import load_model
+from training.negatives import NegativeMiner
+from training.split import split_by_passage
+from training.train import TrainSettings, fine_tune
+
+EVAL_DATA_FILE = "eval_data.jsonl"  # the held-out split, in the guide's JSONL format
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str
+    model_name: str
+    output_dir: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    max_seq_length: int
+    train_split: float
+    hard_negatives: bool
+    num_negatives: int
+    pooling_mode: str
+    query_instruction: str
+    loss: str
+    mini_batch_size: int
+    seed: int
+    negatives_range_min: int
+    negatives_range_max: int
+    negatives_margin: float
+    resume: bool = False
+
+
+def train(config: RunConfig, data: QAData, log=print) -> dict:
+    """Run the whole job and return the ``metrics.json`` payload (also written to ``output_dir``)."""
+    output_dir = Path(config.output_dir)
+    work_dir = Path(f"{output_dir}.partial")
+    split = split_by_passage(data.records, config.train_split, config.seed)
+    eval_task = RetrievalTask.from_records(split.eval) if split.eval else None
+
+    model = load_model(config.model_name, config.pooling_mode, config.max_seq_length, config.query_instruction)
+    encoder = SentenceEncoder(model, config.batch_size)
+    summary = data_summary(data, model.tokenizer, config.max_seq_length)
+    summary.update(
+        train_pairs=len(split.train),
+        eval_pairs=len(split.eval),
+        train_passages=len({r.positive for r in split.train}),
+        eval_passages=len({r.positive for r in split.eval}),
+        negatives_removed_as_eval_passages=split.negatives_removed,
+    )
+    log(_summary_text(summary))
+
+    base_metrics = evaluate(eval_task, encoder.queries, encoder.passages) if eval_task else None
+    train_records = _with_negatives(split.train, config, encoder, log)
+    summary["negatives_per_question"] = min((len(r.negatives) for r in train_records), default=0)
+
+    settings = TrainSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        loss=config.loss,
+        mini_batch_size=config.mini_batch_size,
+        query_instruction=config.query_instruction,
+        resume=config.resume,
+    )
+    result = fine_tune(model, train_records, eval_task, settings, work_dir / "checkpoints")
+    finetuned_metrics = evaluate(eval_task, encoder.queries, encoder.passages) if eval_task else None
+
+    payload = {
+        "base": base_metrics,
+        "finetuned": finetuned_metrics,
+        "data": summary,
+        "config": asdict(config),
+        "training": {
+            "seconds": result.seconds,
+            "samples_per_second": result.samples_per_second,
+            "steps": result.steps,
+            "peak_rss_mb": result.peak_rss_mb,
+            "best_checkpoint": Path(result.best_checkpoint).name if result.best_checkpoint else None,
+            "resumed_from": Path(result.resumed_from).name if result.resumed_from else None,
+        },
+    }
+    staging = work_dir / "model"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save(str(staging))
+    _write_outputs(staging, payload, result.loss_history, split.eval)
+    _replace_dir(staging, output_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log("\n" + report.comparison_table(base_metrics, finetuned_metrics))
+    log(f"\nModel saved to {output_dir}")
+    return payload
+
+
+def data_summary(data: QAData, tokenizer, max_seq_length: int) -> dict:
+    """Counts, hash and token lengths (with the share of passages that will be truncated)."""
+    questions = [r.question for r in data.records]
+    passages = data.passages
+    q_lengths = _token_lengths(tokenizer, questions)
+    p_lengths = _token_lengths(tokenizer, passages)
+    digest = hashlib.sha256()
+    for source in data.sources:
+        digest.update(Path(source).read_bytes())
+    return {
+        "sources": list(data.sources),
+        "sha256": digest.hexdigest(),
+        "pairs": len(data.records),
+        "duplicates_dropped": data.duplicates_dropped,
+        "unique_passages": len(passages),
+        "explicit_negatives": data.explicit_negatives,
+        "avg_question_tokens": round(float(np.mean(q_lengths)), 1),
+        "avg_passage_tokens": round(float(np.mean(p_lengths)), 1),
+        "passages_truncated_pct": round(100.0 * float(np.mean(p_lengths > max_seq_length)), 1),
+    }
+
+
+def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: str | None, samples: int, log=print):
+    """``--test_only``/``--compare``: evaluate the saved model (and its base) on whole data files.
+
+    Without data files, the held-out split saved by the training run is used.
+    """
+    model_dir_path = Path(model_dir)
+    saved = _read_saved_metrics(model_dir_path)
+    paths = data_paths or [str(model_dir_path / EVAL_DATA_FILE)]
+    data = load_qa_data(paths)
+    task = RetrievalTask.from_records(data.records)
+    config = saved.get("config", {})
+    base_name = base_model or config.get("model_name")
+    finetuned = SentenceEncoder(load_model(model_dir))
+    result = {"finetuned": evaluate(task, finetuned.queries, finetuned.passages), "base": None}
+    if base_name:
+        # The base model as training configured it: same pooling, length and query instruction.
+        base = SentenceEncoder(
+            load_model(base_name, config.get("pooling_mode"), config.get("max_seq_length"),
+                       config.get("query_instruction"))
+        )
+        result["base"] = evaluate(task, base.queries, base.passages)
+    log(f"Evaluated on {', '.join(paths)}: {len(task.queries)} questions, {len(task.corpus)} passages\n")
+    log(report.comparison_table(result["base"], result["finetuned"]))
+    if samples:
+        log("\n" + _sample_answers(finetuned, task, samples))
+    return result
+
+
+def _with_negatives(records, config: RunConfig, encoder: SentenceEncoder, log) -> list[QARecord]:
+    if not config.hard_negatives:
+        log("Negatives: in-batch only (--no_hard_negatives)")
+        return [QARecord(r.question, r.positive, (), r.origin) for r in records]
+    miner = NegativeMiner(
+        encoder,
+        num_negatives=config.num_negatives,
+        range_min=config.negatives_range_min,
+        range_max=config.negatives_range_max,
+        relative_margin=config.negatives_margin,
+    )
+    explicit = sum(len(r.negatives) for r in records)
+    filled = miner.fill(records, [r.positive for r in records])
+    mined = sum(len(r.negatives) for r in filled) - explicit
+    per_question = min((len(r.negatives) for r in filled), default=0)
+    log(f"Negatives: {explicit} explicit, {mined} mined with the base model; {per_question} per question in training")
+    if per_question < config.num_negatives:
+        log(f"  note: only {per_question} of {config.num_negatives} negatives available for some questions")
+    return filled
+
+
+def _write_outputs(folder: Path, payload: dict, loss_history, eval_records) -> None:
+    (folder / "metrics.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(folder / EVAL_DATA_FILE, "w", encoding="utf-8") as out:
+        for record in eval_records:
+            out.write(json.dumps({"question": record.question, "answer": record.positive}, ensure_ascii=False) + "\n")
+    report.plot_loss(loss_history, folder / "loss.png")
+    report.plot_comparison(payload["base"], payload["finetuned"], folder / "compare.png")
+    (folder / "README.md").write_text(report.model_card(payload), encoding="utf-8")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is replaced only once ``new`` is complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
+    return np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]])
+
+
+def _summary_text(s: dict) -> str:
+    return (
+        f"Data: {s['pairs']} pairs ({s['duplicates_dropped']} exact duplicates dropped), "
+        f"{s['unique_passages']} unique passages, {s['explicit_negatives']} explicit negatives\n"
+        f"  average tokens: question {s['avg_question_tokens']}, passage {s['avg_passage_tokens']}; "
+        f"{s['passages_truncated_pct']} % of passages exceed max_seq_length and are truncated\n"
+        f"Split by passage: train {s['train_pairs']} pairs / {s['train_passages']} passages, "
+        f"eval {s['eval_pairs']} pairs / {s['eval_passages']} passages"
+    )
+
+
+def _sample_answers(encoder: SentenceEncoder, task: RetrievalTask, samples: int) -> str:
+    queries = list(task.queries[:samples])
+    scores = encoder.queries(queries) @ encoder.passages(list(task.corpus)).T
+    lines = ["Sample questions and their top answers:"]
+    for query, row in zip(queries, scores):
+        lines.append(f"\nQ: {query}")
+        for rank, pid in enumerate(np.argsort(-row)[:3], start=1):
+            lines.append(f"  {rank}. ({row[pid]:.3f}) {_shorten(task.corpus[pid])}")
+    return "\n".join(lines)
+
+
+def _read_saved_metrics(model_dir: Path) -> dict:
+    path = model_dir / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _shorten(text: str, width: int = 100) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

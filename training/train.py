@@ -1,0 +1,156 @@
+"""Fine-tune a SentenceTransformer on (question, passage, negatives...) with the MNRL loss family.
+
+* ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (``mnrl``) or
+  ``CachedMultipleNegativesRankingLoss`` (``cached_mnrl``: large batches in bounded memory).
+* ``NO_DUPLICATES`` batches: the same passage never appears twice in a batch, since a duplicate
+  would be scored as a (false) in-batch negative of itself.
+* The query instruction is applied to the question column only, via the trainer's ``prompts``.
+* Evaluation each epoch with :mod:`training.metrics` (the same MRR@10 as the final report); the
+  best checkpoint by MRR@10 is kept. Runs under ``torchrun`` as DDP without changes.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from transformers.trainer_utils import get_last_checkpoint
+
+from training.data import QARecord
+from training.encoding import SentenceEncoder
+from training.metrics import RetrievalTask, evaluate
+
+EVALUATOR_NAME = "qa"
+BEST_METRIC = f"eval_{EVALUATOR_NAME}_mrr@10"
+LOSSES = ("mnrl", "cached_mnrl")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    seed: int
+    loss: str = "mnrl"
+    mini_batch_size: int = 32
+    query_instruction: str = ""
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    seconds: float
+    samples_per_second: float
+    steps: int
+    peak_rss_mb: float
+    loss_history: list[tuple[int, float]]
+    best_checkpoint: str | None
+    resumed_from: str | None
+
+
+class RetrievalEvaluator(SentenceEvaluator):
+    """Scores a model on a held-out :class:`RetrievalTask` during training (primary metric MRR@10)."""
+
+    def __init__(self, task: RetrievalTask, batch_size: int = 32):
+        super().__init__()
+        self.task = task
+        self.batch_size = batch_size
+        self.name = EVALUATOR_NAME
+        self.primary_metric = "mrr@10"
+
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        encoder = SentenceEncoder(model, self.batch_size)
+        metrics = self.prefix_name_to_metrics(evaluate(self.task, encoder.queries, encoder.passages), self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+
+def to_dataset(records: list[QARecord]) -> Dataset:
+    """Columns ``anchor, positive, negative_1..K``; every row gets the same K (the smallest count)."""
+    k = min((len(r.negatives) for r in records), default=0)
+    columns: dict[str, list[str]] = {"anchor": [r.question for r in records], "positive": [r.positive for r in records]}
+    for i in range(k):
+        columns[f"negative_{i + 1}"] = [r.negatives[i] for r in records]
+    return Dataset.from_dict(columns)
+
+
+def fine_tune(
+    model: SentenceTransformer,
+    train_records: list[QARecord],
+    eval_task: RetrievalTask | None,
+    settings: TrainSettings,
+    checkpoint_dir: Path,
+) -> TrainResult:
+    """Train ``model`` in place; checkpoints go to ``checkpoint_dir`` (``resume`` continues from there)."""
+    dataset = to_dataset(train_records)
+    evaluate_each_epoch = eval_task is not None and len(eval_task.queries) > 0
+    steps_per_epoch = max(1, -(-len(dataset) // settings.batch_size))
+    if settings.warmup_steps >= steps_per_epoch * settings.epochs:
+        print(
+            f"note: warmup_steps {settings.warmup_steps} ≥ {steps_per_epoch * settings.epochs} training steps: "
+            "the learning rate never reaches its peak (lower --warmup_steps for small data)"
+        )
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        prompts={"anchor": settings.query_instruction} if settings.query_instruction else None,
+        eval_strategy="epoch" if evaluate_each_epoch else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=evaluate_each_epoch,
+        metric_for_best_model=BEST_METRIC if evaluate_each_epoch else None,
+        greater_is_better=True,
+        logging_steps=max(1, steps_per_epoch * settings.epochs // 25),
+        fp16=cuda and not bf16,
+        bf16=bf16,
+        report_to="none",
+    )
+    if settings.loss == "cached_mnrl":
+        loss = CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=settings.mini_batch_size, gather_across_devices=distributed
+        )
+    elif settings.loss == "mnrl":
+        loss = MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
+    else:
+        raise ValueError(f"unknown loss {settings.loss!r}; choose one of {', '.join(LOSSES)}")
+
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        evaluator=RetrievalEvaluator(eval_task, settings.batch_size) if evaluate_each_epoch else None,
+    )
+    resume_from = get_last_checkpoint(str(checkpoint_dir)) if settings.resume and checkpoint_dir.is_dir() else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    return TrainResult(
+        seconds=round(seconds, 2),
+        samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
+        steps=int(trainer.state.global_step),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        loss_history=history,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        resumed_from=resume_from,
+    )
