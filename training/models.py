@@ -25,7 +25,7 @@ BUNDLED_MODEL_HINT = (
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ValueError):
     """The model could not be loaded; the message says why and what to use instead."""
 
 

@@ -18,9 +18,16 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
-from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -83,14 +90,14 @@ def to_dataset(records: list[QARecord]) -> Dataset:
     return Dataset.from_dict(columns)
 
 
-def fine_tune(
+def build_trainer(
     model: SentenceTransformer,
     train_records: list[QARecord],
     eval_task: RetrievalTask | None,
     settings: TrainSettings,
     checkpoint_dir: Path,
-) -> TrainResult:
-    """Train ``model`` in place; checkpoints go to ``checkpoint_dir`` (``resume`` continues from there)."""
+) -> SentenceTransformerTrainer:
+    """The configured trainer; checkpoints go to ``checkpoint_dir``."""
     dataset = to_dataset(train_records)
     evaluate_each_epoch = eval_task is not None and len(eval_task.queries) > 0
     steps_per_epoch = max(1, -(-len(dataset) // settings.batch_size))
@@ -132,14 +139,24 @@ def fine_tune(
         loss = MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
     else:
         raise ValueError(f"unknown loss {settings.loss!r}; choose one of {', '.join(LOSSES)}")
-
-    trainer = SentenceTransformerTrainer(
+    return SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         loss=loss,
         evaluator=RetrievalEvaluator(eval_task, settings.batch_size) if evaluate_each_epoch else None,
     )
+
+
+def fine_tune(
+    model: SentenceTransformer,
+    train_records: list[QARecord],
+    eval_task: RetrievalTask | None,
+    settings: TrainSettings,
+    checkpoint_dir: Path,
+) -> TrainResult:
+    """Train ``model`` in place (``settings.resume`` continues from the last checkpoint)."""
+    trainer = build_trainer(model, train_records, eval_task, settings, checkpoint_dir)
     resume_from = get_last_checkpoint(str(checkpoint_dir)) if settings.resume and checkpoint_dir.is_dir() else None
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)

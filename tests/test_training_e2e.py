@@ -1,0 +1,116 @@
+"""`python -m training` end to end on the bundled MiniLM: real training, real outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+
+FAST = ["--model_name", "sentence-transformers/all-MiniLM-L6-v2", "--max_seq_length", "48", "--warmup_steps", "2"]
+
+
+def run_training(*args, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "model"
+    proc = run_training("--data_path", str(EXAMPLES / "example_qa_data.json"), "--output_dir", str(out),
+                        "--epochs", "1", "--batch_size", "16", *FAST)
+    return out, proc
+
+
+def test_training_writes_a_loadable_model_with_metrics(trained):
+    out, proc = trained
+    from sentence_transformers import SentenceTransformer
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for side in ("base", "finetuned"):
+        assert set(metrics[side]) == {"accuracy@1", "accuracy@3", "accuracy@10", "mrr@10", "ndcg@10", "recall@10"}
+        assert 0.0 < metrics[side]["mrr@10"] <= 1.0
+    data = metrics["data"]
+    assert data["pairs"] == data["train_pairs"] + data["eval_pairs"] >= 60
+    assert data["negatives_per_question"] == 3  # auto-mined by default
+    assert metrics["config"]["preset"] == "turkish-bert" and metrics["config"]["learning_rate"] == 2e-5
+    for name in ("README.md", "loss.png", "compare.png", "eval_data.jsonl"):
+        assert (out / name).stat().st_size > 0
+    assert "mrr@10" in (out / "README.md").read_text()
+    assert not Path(f"{out}.partial").exists()
+    model = SentenceTransformer(str(out))
+    assert model.encode(["Python nedir?"]).shape == (1, 384)
+    assert "Split by passage" in proc.stdout and "mrr@10" in proc.stdout
+
+
+def test_test_only_and_compare_on_the_saved_model(trained):
+    out, _ = trained
+    proc = run_training("--output_dir", str(out), "--test_only", "--samples", "2")
+    assert "Sample questions" in proc.stdout and proc.stdout.count("Q: ") == 2
+    proc = run_training("--output_dir", str(out), "--compare", "--data_path", str(EXAMPLES / "example_qa_data.csv"))
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "base", "fine-tuned", "gain"]
+    assert "84 questions" in proc.stdout
+
+
+def test_bad_data_fails_fast_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "S", "answer": "C"}\n{"question": "S2"}\n', encoding="utf-8")
+    out = tmp_path / "model"
+    proc = run_training("--data_path", str(bad), "--output_dir", str(out), check=False)
+    assert proc.returncode == 2
+    assert f"{bad}:2: missing field 'answer'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+def test_unreachable_hub_model_suggests_the_bundled_one(tmp_path):
+    proc = run_training("--data_path", str(EXAMPLES / "example_qa_data.json"), "--output_dir", str(tmp_path / "m"),
+                        "--preset", "bge", check=False)
+    assert proc.returncode == 2
+    assert "BAAI/bge-m3" in proc.stderr and "sentence-transformers/all-MiniLM-L6-v2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flag_values_are_user_errors(tmp_path):
+    proc = run_training("--data_path", str(EXAMPLES / "example_qa_data.json"), "--train_split", "1.5", check=False)
+    assert proc.returncode == 2 and "--train_split must be in (0, 1]" in proc.stderr
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    """bge preset + explicit negatives + cached MNRL, interrupted after epoch 1, then --resume."""
+    out = tmp_path / "model"
+    args = ["--preset", "bge", "--data_path", str(EXAMPLES / "example_qa_data_with_negatives.json"),
+            "--output_dir", str(out), "--epochs", "2", "--batch_size", "8", "--loss", "cached_mnrl",
+            "--mini_batch_size", "4", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    checkpoints = Path(f"{out}.partial") / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    assert not out.exists()
+    first = sorted(checkpoints.glob("checkpoint-*"))[0].name
+
+    run_training(*args, "--resume")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from"] == first
+    assert metrics["config"]["pooling_mode"] == "cls"
+    assert metrics["data"]["explicit_negatives"] > 0
+    prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts["query"].startswith("Represent this sentence") and prompts["document"] == ""

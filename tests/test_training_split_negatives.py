@@ -1,0 +1,119 @@
+"""Passage split (no leakage), hard-negative mining, duplicate-free batches and the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.data import QARecord, load_qa_data
+from training.metrics import RetrievalTask, evaluate, ranking_metrics
+from training.split import split_by_passage
+
+
+@pytest.fixture(scope="module")
+def records(example_data):
+    return load_qa_data([example_data]).records
+
+
+@pytest.fixture(scope="module")
+def encoder(minilm_path):
+    from training.encoding import SentenceEncoder
+    from training.models import load_model
+
+    return SentenceEncoder(load_model(str(minilm_path), "mean", 64, "sorgu: "))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_split_keeps_every_passage_on_one_side(records, seed):
+    split = split_by_passage(records, 0.8, seed)
+    train_passages = {r.positive for r in split.train}
+    eval_passages = {r.positive for r in split.eval}
+    assert train_passages and eval_passages and not train_passages & eval_passages
+    assert len(split.train) + len(split.eval) == len(records)
+    assert 0.6 < len(split.train) / len(records) < 0.95
+
+
+def test_split_is_seeded_and_independent_of_file_order(records):
+    a = split_by_passage(records, 0.8, 7)
+    b = split_by_passage(list(reversed(records)), 0.8, 7)
+    assert {r.positive for r in a.eval} == {r.positive for r in b.eval}
+    assert {r.positive for r in a.eval} != {r.positive for r in split_by_passage(records, 0.8, 8).eval}
+
+
+def test_split_removes_eval_passages_from_train_negatives():
+    records = [QARecord("q1", "p1", ("p2",)), QARecord("q2", "p2", ("p1",))]
+    split = split_by_passage(records, 0.5, 0)
+    (train,) = split.train
+    assert train.negatives == () and split.negatives_removed == 1
+
+
+def test_split_rejects_bad_fraction(records):
+    with pytest.raises(ValueError, match="train_split"):
+        split_by_passage(records, 1.5, 0)
+
+
+def test_mined_negatives_never_contain_the_positive(records, encoder):
+    from training.negatives import NegativeMiner
+
+    # Two questions share one passage here; a question's own passages are never its negatives.
+    extra = QARecord(records[0].question, records[5].positive)
+    records = [*records, extra]
+    filled = NegativeMiner(encoder, num_negatives=3).fill(records, [r.positive for r in records])
+    own = {}
+    for r in records:
+        own.setdefault(r.question, set()).add(r.positive)
+    assert all(len(r.negatives) == 3 for r in filled)
+    for record in filled:
+        assert not own[record.question] & set(record.negatives)
+        assert len(set(record.negatives)) == len(record.negatives)
+
+
+def test_explicit_negatives_are_kept_first(encoder, example_data):
+    from training.negatives import NegativeMiner
+
+    data = load_qa_data([example_data.parent / "example_qa_data_with_negatives.json"])
+    partial = [QARecord(r.question, r.positive, r.negatives[:1]) for r in data.records]
+    filled = NegativeMiner(encoder, num_negatives=3).fill(partial, data.passages)
+    for before, after in zip(partial, filled):
+        assert after.negatives[:1] == before.negatives and len(after.negatives) == 3
+
+
+def test_margin_filter_skips_near_duplicates_of_the_positive():
+    from training.negatives import NegativeMiner
+
+    vectors = {"q": [1.0, 0.0], "pos": [0.9, 0.436], "twin": [0.9, 0.435], "far": [0.2, 0.98]}
+    encode = lambda texts, is_query: np.array([vectors[t] for t in texts], dtype="float32")  # noqa: E731
+    (record,) = NegativeMiner(encode, num_negatives=1, relative_margin=0.05).fill([QARecord("q", "pos")],
+                                                                                   ["pos", "twin", "far"])
+    assert record.negatives == ("far",)
+
+
+def test_batches_never_hold_the_same_passage_twice(records, tmp_path, minilm_path):
+    from training.models import load_model
+    from training.train import TrainSettings, build_trainer
+
+    # Many questions per passage: a naive sampler would put a passage twice in most batches.
+    settings = TrainSettings(epochs=1, batch_size=8, learning_rate=1e-5, warmup_steps=0, seed=0)
+    trainer = build_trainer(load_model(str(minilm_path)), list(records), None, settings, tmp_path / "ckpt")
+    dataset = trainer.train_dataset
+    batches = list(trainer.get_train_dataloader().batch_sampler)
+    assert sum(len(b) for b in batches) == len(dataset)
+    for batch in batches:
+        texts = [text for i in batch for text in dataset[int(i)].values()]
+        assert len(texts) == len(set(texts))
+
+
+def test_metrics_by_hand():
+    ranked = np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    relevant = [frozenset({0}), frozenset({0}), frozenset({3})]
+    m = ranking_metrics(ranked, relevant)
+    assert m["accuracy@1"] == pytest.approx(1 / 3)
+    assert m["accuracy@3"] == pytest.approx(2 / 3)
+    assert m["mrr@10"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
+
+
+def test_real_model_beats_chance_on_examples(records, encoder):
+    task = RetrievalTask.from_records(records)
+    metrics = evaluate(task, encoder.queries, encoder.passages)
+    assert metrics["mrr@10"] > 0.3 > 1 / len(task.corpus)
