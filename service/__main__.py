@@ -1,0 +1,45 @@
+"""``python -m service --registry DIR --name NAME [--version V] [--data_dir DIR] [--corpus FILE] ...``
+
+Runs uvicorn on the app. SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
+(up to 30 s), then snapshot/flush the write-ahead log and exit 0. Exit 2 for bad settings, 1 when
+the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_sources(argv)
+        settings.require_model()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("service").info("settings: %s", settings)  # keys are hidden by repr=False
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=30, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    failed = []
+
+    def on_start_failure() -> None:
+        failed.append(True)
+        server.should_exit = True
+
+    app.state.on_start_failure = on_start_failure
+    server.run()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

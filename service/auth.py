@@ -1,0 +1,83 @@
+"""Bearer-key authentication: data keys for data routes, a separate admin key for ``/admin``.
+
+* No keys configured: everything is open (local development).
+* ``api_key`` set: every data route needs ``Authorization: Bearer <key>`` (an admin key works too).
+* ``admin_api_key`` set: ``/admin/*`` needs it; if only ``api_key`` is set, admin routes are
+  refused (403) rather than silently guarded by the weaker data key.
+* Open routes: ``/health``, ``/ready``, ``/metrics`` (probes and scrapers carry no secrets),
+  and the OpenAPI docs.
+
+Keys are compared with :func:`hmac.compare_digest` against every configured key (no early exit)
+and never logged.
+
+Example::
+
+    >>> from service.auth import KeyChecker
+    >>> checker = KeyChecker(api_keys=("s3cret",), admin_keys=())
+    >>> checker.check("/embed", "Bearer s3cret") is None
+    True
+    >>> checker.check("/embed", "Bearer nope").status
+    401
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from .errors import Forbidden, ServiceError, Unauthorized
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/openapi.json"})
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _matches(presented: bytes, keys: Sequence[bytes]) -> bool:
+    ok = False
+    for key in keys:  # compare against all keys: timing does not reveal which one matched
+        ok |= hmac.compare_digest(presented, key)
+    return ok
+
+
+class KeyChecker:
+    """Decides whether a request with a given ``Authorization`` header may use a path."""
+
+    def __init__(self, api_keys: Sequence[str], admin_keys: Sequence[str]) -> None:
+        self._api = [k.encode() for k in api_keys]
+        self._admin = [k.encode() for k in admin_keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._api or self._admin)
+
+    def check(self, path: str, authorization: str | None) -> ServiceError | None:
+        """``None`` when allowed, else the error to answer with (401 or 403)."""
+        if path in OPEN_PATHS or not self.enabled:
+            return None
+        token = _bearer(authorization)
+        admin_route = path == "/admin" or path.startswith("/admin/")
+        if admin_route:
+            if not self._admin:
+                return Forbidden("admin routes are disabled: set QAEMBED_ADMIN_API_KEY")
+            if token is None:
+                return Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'",
+                                    headers=_CHALLENGE)
+            if not _matches(token, self._admin):
+                return Unauthorized("invalid admin key", headers=_CHALLENGE)
+            return None
+        if not self._api:  # only an admin key configured: data routes stay open
+            return None
+        if token is None:
+            return Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers=_CHALLENGE)
+        if not _matches(token, self._api + self._admin):
+            return Unauthorized("invalid API key", headers=_CHALLENGE)
+        return None
+
+
+def _bearer(authorization: str | None) -> bytes | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip().encode()

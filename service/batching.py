@@ -1,0 +1,278 @@
+"""The one queue that owns batching: coalesce concurrent texts into forward passes.
+
+* **Token accounting.** A batch costs ``len(batch) × longest`` padded tokens; the worker takes
+  texts in arrival order while that cost stays within ``max_batch_tokens`` (and ``max_batch_size``).
+* **Short wait.** The worker waits at most ``max_wait_s`` after the oldest queued text for more to
+  arrive (while a forward pass runs, new texts accumulate anyway).
+* **Bounded.** At most ``capacity`` texts wait; a request that would overflow is refused at once
+  (:class:`~service.errors.Overloaded`, 429), never queued.
+* **Abandoned requests dropped.** A request whose client went away is marked cancelled; its texts
+  are skipped when the worker reaches them.
+* **Off the event loop.** Forward passes run in one dedicated thread (also the right thing for a
+  GPU); results are handed back with ``loop.call_soon_threadsafe``.
+
+Example::
+
+    >>> import asyncio, numpy as np
+    >>> from service.backends.base import Backend
+    >>> from service.batching import BatchQueue
+    >>> from service.tokenization import Encoded
+    >>> class Ones(Backend):
+    ...     dimension = 2
+    ...     def embed(self, ids, mask, types):
+    ...         return np.ones((len(ids), 2), np.float32)
+    >>> async def main():
+    ...     queue = BatchQueue(Ones(), max_batch_tokens=64, max_batch_size=8, max_wait_s=0.001, capacity=16)
+    ...     enc = [Encoded(np.arange(3), np.zeros(3, np.int64))] * 2
+    ...     result = await queue.submit(enc).wait()
+    ...     queue.close()
+    ...     return result.vectors.shape
+    >>> asyncio.run(main())
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import ClientGone, NotReady, Overloaded, ServiceError
+from .metrics import ServiceMetrics
+from .tokenization import Encoded
+
+log = logging.getLogger("service.batching")
+
+
+class InferenceFailed(ServiceError):
+    status, type = 500, "inference_error"
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # float32 [n, dim], L2-normalised
+    tokens: int
+    queue_s: float
+    inference_s: float
+
+
+class Job:
+    """The texts of one request travelling through the queue; await :meth:`wait` for the result."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, dim: int, tokens: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[EmbedResult] = loop.create_future()
+        self.out = np.empty((n, dim), dtype=np.float32)
+        self.remaining = n
+        self.tokens = tokens
+        self.enqueued = time.perf_counter()
+        self.first_start: float | None = None
+        self.last_end = 0.0
+        self.cancelled = False  # read by the worker thread; a plain bool is enough
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if not self.future.done():
+            self.future.cancel()
+
+    async def wait(self, disconnected: Awaitable[object] | None = None) -> EmbedResult:
+        """The result; if ``disconnected`` completes first the job is dropped and :class:`ClientGone` raised."""
+        if disconnected is None:
+            try:
+                return await asyncio.shield(self.future)
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+        watcher = asyncio.ensure_future(disconnected)
+        try:
+            done, _ = await asyncio.wait({self.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+        if self.future in done:
+            return self.future.result()
+        self.cancel()
+        raise ClientGone()
+
+    # called in the worker thread ---------------------------------------------------------------
+    def _deliver(self, rows: list[int], vectors: np.ndarray, start: float, end: float) -> None:
+        self.out[rows] = vectors
+        self.first_start = start if self.first_start is None else self.first_start
+        self.last_end = end
+        self.remaining -= len(rows)
+        if self.remaining == 0:
+            result = EmbedResult(self.out, self.tokens, self.first_start - self.enqueued, end - self.first_start)
+            self.loop.call_soon_threadsafe(_resolve, self.future, result, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.remaining = -1
+        self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
+
+
+def _resolve(future: asyncio.Future, result: object, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+@dataclass(slots=True)
+class _Item:
+    job: Job
+    row: int
+    enc: Encoded
+    enqueued: float
+
+
+class BatchQueue:
+    """Bounded FIFO of texts plus the inference thread that drains it in token-budgeted batches."""
+
+    def __init__(self, backend: Backend, *, max_batch_tokens: int = 16384, max_batch_size: int = 128,
+                 max_wait_s: float = 0.002, capacity: int = 2048, metrics: ServiceMetrics | None = None,
+                 name: str = "inference") -> None:
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = min(max_batch_size, backend.max_batch_size or max_batch_size)
+        self.max_wait_s = max_wait_s
+        self.capacity = capacity
+        self.metrics = metrics
+        self._items: collections.deque[_Item] = collections.deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        if metrics is not None:
+            metrics.queue_capacity.set(capacity)
+            metrics.queue_size.set(0)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def size(self) -> int:
+        return len(self._items)
+
+    def submit(self, encodings: Sequence[Encoded], loop: asyncio.AbstractEventLoop | None = None) -> Job:
+        """Queue the texts of one request (all or nothing). Raises 429 when the queue is full."""
+        loop = loop or asyncio.get_running_loop()
+        n = len(encodings)
+        job = Job(loop, n, self.backend.dimension, sum(len(e) for e in encodings))
+        if n == 0:
+            job.future.set_result(EmbedResult(job.out, 0, 0.0, 0.0))
+            return job
+        with self._cond:
+            if self._closing:
+                raise NotReady("the model is shutting down")
+            if len(self._items) + n > self.capacity:
+                raise Overloaded(f"inference queue full ({len(self._items)} of {self.capacity} texts waiting); "
+                                 "retry later", headers={"Retry-After": "1"})
+            now = job.enqueued
+            self._items.extend(_Item(job, row, enc, now) for row, enc in enumerate(encodings))
+            self._queued_tokens += job.tokens
+            self._cond.notify()
+        if self.metrics is not None:
+            self.metrics.queue_size.set(len(self._items))
+        return job
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # worker thread ------------------------------------------------------------------------------
+    def _full(self) -> bool:
+        return len(self._items) >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        longest = 0
+        while self._items and len(batch) < self.max_batch_size:
+            item = self._items[0]
+            if item.job.cancelled or item.job.remaining < 0:
+                self._items.popleft()
+                self._queued_tokens -= len(item.enc)
+                continue
+            cost = (len(batch) + 1) * max(longest, len(item.enc))
+            if batch and cost > self.max_batch_tokens:
+                break
+            self._items.popleft()
+            self._queued_tokens -= len(item.enc)
+            batch.append(item)
+            longest = max(longest, len(item.enc))
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+                if not self._items and self._closing:
+                    return
+                deadline = self._items[0].enqueued + self.max_wait_s
+                while not self._full() and not self._closing:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._take()
+                queued = len(self._items)
+            if self.metrics is not None:
+                self.metrics.queue_size.set(queued)
+            if batch:
+                self._forward(batch)
+
+    def _forward(self, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        longest = max(len(it.enc) for it in batch)
+        ids = np.zeros((len(batch), longest), dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        types = np.zeros((len(batch), longest), dtype=np.int64)
+        for i, it in enumerate(batch):
+            n = len(it.enc)
+            ids[i, :n] = it.enc.ids
+            mask[i, :n] = 1
+            types[i, :n] = it.enc.type_ids
+        try:
+            vectors = self.backend.embed(ids, mask, types)
+            vectors = normalize(vectors)
+        except Exception as exc:  # a failing batch fails its requests, not the thread
+            log.exception("inference failed for a batch of %d texts", len(batch))
+            error = InferenceFailed(f"inference failed: {type(exc).__name__}")
+            for job in {id(it.job): it.job for it in batch}.values():
+                job._fail(error)
+            return
+        end = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.inference_duration.observe(end - start)
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_tokens.observe(len(batch) * longest)
+            for it in batch:
+                self.metrics.queue_wait.observe(start - it.enqueued)
+        per_job: dict[int, tuple[Job, list[int], list[int]]] = {}
+        for i, it in enumerate(batch):
+            entry = per_job.setdefault(id(it.job), (it.job, [], []))
+            entry[1].append(it.row)
+            entry[2].append(i)
+        for job, rows, positions in per_job.values():
+            if job.remaining > 0:
+                job._deliver(rows, vectors[positions], start, end)
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Post-processing stage: L2-normalise rows (idempotent for graphs that already normalise)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    return vectors / norms

@@ -1,0 +1,384 @@
+"""The serving engine: the current (model, collection) generation, writes, snapshots and reloads.
+
+A :class:`Generation` pairs one model with the collection its documents were embedded by. Every
+request takes the current generation once and uses it for both embedding and searching, so no
+query embedded by one model is ever searched in an index built by another. A reload builds a
+complete new generation (re-embedding every document with the new model) while the old one keeps
+serving, catches up on writes made meanwhile, then swaps the reference; the old generation is
+closed when its last request finishes.
+
+Writes (upsert/delete) are serialised by one lock: embed → append to the WAL + fsync → apply to
+the collection → acknowledge.
+
+Example::
+
+    >>> engine = Engine(settings, metrics)                         # doctest: +SKIP
+    >>> await engine.start()                                        # doctest: +SKIP
+    >>> await engine.upsert([DocIn(None, "Ankara is the capital.", {})])   # doctest: +SKIP
+    ['3f2a...']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from .errors import NotFound, NotReady, Overloaded, ServiceError
+from .index import Collection, Document, Hit, IndexConfig
+from .metrics import ServiceMetrics
+from .model import EmbeddingModel, load_model
+from .settings import Settings
+from .store import DurableStore
+
+log = logging.getLogger("service.engine")
+
+ModelLoader = Callable[[Settings, ServiceMetrics, "str | None"], EmbeddingModel]
+
+
+@dataclass(frozen=True)
+class DocIn:
+    id: str | None
+    text: str
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+class ReloadBusy(ServiceError):
+    status, type = 409, "reload_in_progress"
+
+
+class Generation:
+    """A model and the collection embedded with it, plus the single thread that touches the index."""
+
+    def __init__(self, model: EmbeddingModel, collection: Collection) -> None:
+        self.model = model
+        self.collection = collection
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{model.spec.version}")
+        self.users = 0
+        self.retired = False
+        self.closed = False
+
+    @property
+    def version(self) -> str:
+        return self.model.spec.version
+
+    async def run(self, fn: Callable, *args):
+        """Run ``fn`` on this generation's index thread (FAISS GPU indexes need one thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.model.close()
+        self._executor.shutdown(wait=True)
+
+
+def corpus_id(text: str) -> str:
+    """Stable id for a corpus passage, so loading the same corpus again changes nothing."""
+    return "c-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics,
+                 model_loader: ModelLoader | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.loader = model_loader or (lambda s, m, v: load_model(s, m, version=v))
+        self.index_config = IndexConfig.from_settings(settings)
+        self.gen: Generation | None = None
+        self.state = "starting"
+        self.error: str | None = None
+        self.store: DurableStore | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending: list[tuple] | None = None  # writes made while a reload re-embeds
+        self._reload_task: asyncio.Task | None = None
+        self._snapshot_task: asyncio.Task | None = None
+        self.reload_status: dict = {"state": "idle"}
+        self.started_at = time.time()
+        faiss.omp_set_num_threads(settings.index_threads)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.gen is not None
+
+    async def start(self) -> None:
+        """Load the model, recover stored documents, load the corpus; then ready."""
+        try:
+            await self._start()
+        except Exception as exc:
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("start failed")
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        model = await asyncio.to_thread(self.loader, s, self.metrics, s.version)
+        docs: list[Document] = []
+        vectors = np.empty((0, model.dimension), np.float32)
+        stale: list[Document] = []
+        replayed = 0
+        if s.data_dir is not None:
+            self.store = DurableStore(s.data_dir)
+            state = await asyncio.to_thread(self.store.recover)
+            replayed = state.replayed
+            fresh_vectors = []
+            for doc_id, d in state.docs.items():
+                doc = Document(doc_id, d.text, d.metadata)
+                if (d.vector is not None and d.model_version == model.spec.version
+                        and len(d.vector) == model.dimension):
+                    docs.append(doc)
+                    fresh_vectors.append(d.vector)
+                else:
+                    stale.append(doc)
+            if fresh_vectors:
+                vectors = np.stack(fresh_vectors).astype(np.float32)
+            log.info("recovered %d documents (snapshot seq %d, %d WAL records replayed, %d to re-embed)",
+                     len(state.docs), state.snapshot_seq, state.replayed, len(stale))
+        else:
+            log.warning("no --data_dir: documents live in memory only and are lost on restart")
+        if stale:
+            t0 = time.perf_counter()
+            new = await model.embed_bulk([d.text for d in stale])
+            docs += stale
+            vectors = np.concatenate([vectors, new]) if len(vectors) else new
+            log.info("re-embedded %d documents with %s in %.1fs", len(stale), model.spec.version,
+                     time.perf_counter() - t0)
+        collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                             model.spec.version, docs, vectors)
+        self.gen = Generation(model, collection)
+        self._publish_model()
+        if self.store is not None:
+            self.store.open_log()
+            if stale or replayed:
+                await self.snapshot()
+        if s.corpus:
+            await self._load_corpus()
+        self.metrics.documents.set(len(self.gen.collection))
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.info("ready: %d documents, index %s", len(self.gen.collection), self.gen.collection.index.kind)
+
+    async def _load_corpus(self) -> None:
+        from training.data import load_qa_data  # torch-free
+
+        data = await asyncio.to_thread(load_qa_data, list(self.settings.corpus))
+        sources = ",".join(p.name for p in self.settings.corpus)
+        gen = self.gen
+        new = [DocIn(corpus_id(text), text, {"source": sources}) for text in data.passages
+               if (gen.collection.get(corpus_id(text)) is None)]
+        step = gen.model.bulk_chunk
+        for start in range(0, len(new), step):
+            while True:
+                try:
+                    await self.upsert(new[start:start + step], internal=True)
+                    break
+                except Overloaded:
+                    await asyncio.sleep(0.05)
+        log.info("corpus: %d passages, %d new", len(data.passages), len(new))
+
+    def _publish_model(self) -> None:
+        info = self.gen.model.info()
+        self.metrics.set_model(info["name"], info["version"], info["variant"], info["backend"], info["device"])
+
+    async def stop(self) -> None:
+        """Graceful: stop reloads, snapshot if the log grew, close the log, finish queued inference."""
+        self.state = "stopping"
+        self.metrics.ready.set(0)
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reload_task
+        if self._snapshot_task is not None:
+            with contextlib.suppress(BaseException):
+                await self._snapshot_task
+        if self.store is not None and self.gen is not None and self.store.records_since_snapshot:
+            with contextlib.suppress(Exception):
+                await self.snapshot()
+        if self.store is not None:
+            self.store.close()
+        if self.gen is not None:
+            await asyncio.to_thread(self.gen.close)
+
+    # ------------------------------------------------------------------ generations
+    @contextlib.asynccontextmanager
+    async def use(self, internal: bool = False):
+        """The current generation, kept open until the block ends (even if a reload swaps it)."""
+        gen = self.gen
+        if gen is None or (self.state not in ("ready", "stopping") and not internal):
+            raise NotReady("the service is not ready yet" if self.state == "starting" else
+                           f"the service is {self.state}")
+        gen.users += 1
+        try:
+            yield gen
+        finally:
+            gen.users -= 1
+            if gen.retired and gen.users == 0:
+                asyncio.get_running_loop().run_in_executor(None, gen.close)
+
+    # ------------------------------------------------------------------ reads
+    async def search(self, queries: Sequence[str], top_k: int, where: Mapping | None,
+                     disconnected: Callable[[], Awaitable[object]] | None = None) -> tuple[list[list[Hit]], dict]:
+        async with self.use() as gen:
+            result, tokenize_s = await gen.model.embed(queries, is_query=True, disconnected=disconnected)
+            t0 = time.perf_counter()
+            hits = await gen.run(gen.collection.search, result.vectors, top_k, where)
+            search_s = time.perf_counter() - t0
+            self.metrics.search_duration.observe(search_s)
+            return hits, {"tokenize_s": tokenize_s, "queue_s": result.queue_s,
+                          "inference_s": result.inference_s, "search_s": search_s, "tokens": result.tokens}
+
+    async def get(self, doc_id: str) -> Document:
+        async with self.use() as gen:
+            doc = gen.collection.get(doc_id)
+        if doc is None:
+            raise NotFound(f"no document with id {doc_id!r}")
+        return doc
+
+    # ------------------------------------------------------------------ writes
+    async def upsert(self, docs: Sequence[DocIn], disconnected: Callable[[], Awaitable[object]] | None = None,
+                     internal: bool = False) -> list[str]:
+        """Embed, log durably, index; returns the ids once the write is on disk."""
+        items = [(d.id or uuid.uuid4().hex, d.text, dict(d.metadata or {})) for d in docs]
+        texts = [t for _, t, _ in items]
+        while True:
+            async with self.use(internal) as gen:
+                result, _ = await gen.model.embed(texts, disconnected=disconnected)
+                async with self._write_lock:
+                    if gen is not self.gen:  # a reload swapped models meanwhile: embed again
+                        continue
+                    if self.store is not None:
+                        await asyncio.to_thread(self.store.append_upsert, items, result.vectors, gen.version)
+                    await gen.run(gen.collection.upsert, items, result.vectors)
+                    if self._pending is not None:
+                        self._pending.append(("upsert", items))
+                    self.metrics.documents.set(len(gen.collection))
+                    self._maybe_snapshot()
+                return [i for i, _, _ in items]
+
+    async def delete(self, doc_id: str) -> None:
+        async with self.use() as gen, self._write_lock:
+            gen = self.gen
+            if gen.collection.get(doc_id) is None:
+                raise NotFound(f"no document with id {doc_id!r}")
+            if self.store is not None:
+                await asyncio.to_thread(self.store.append_delete, [doc_id])
+            await gen.run(gen.collection.delete, [doc_id])
+            if self._pending is not None:
+                self._pending.append(("delete", [doc_id]))
+            self.metrics.documents.set(len(gen.collection))
+            self._maybe_snapshot()
+
+    # ------------------------------------------------------------------ snapshots
+    def _maybe_snapshot(self) -> None:
+        if (self.store is not None and self.store.records_since_snapshot >= self.settings.snapshot_every
+                and (self._snapshot_task is None or self._snapshot_task.done())):
+            self._snapshot_task = asyncio.get_running_loop().create_task(self.snapshot())
+
+    async def snapshot(self) -> None:
+        """Atomic snapshot of the current generation; compacts the index when worthwhile."""
+        if self.store is None:
+            return
+        async with self._write_lock:
+            gen = self.gen
+            seq = self.store.rotate()
+            docs, vectors = await gen.run(gen.collection.live)
+            if gen.collection.needs_rebuild():
+                await gen.run(gen.collection.rebuild)
+        await asyncio.to_thread(self.store.write_snapshot, seq, docs, vectors, gen.model.spec.name, gen.version)
+
+    # ------------------------------------------------------------------ reload
+    def start_reload(self, version: str | None) -> dict:
+        if self._reload_task is not None and not self._reload_task.done():
+            raise ReloadBusy(f"a reload is already running ({self.reload_status})")
+        if not self.ready:
+            raise NotReady("the service is not ready yet")
+        current = self.gen.version
+        self.reload_status = {"state": "loading", "from": current, "to": version or "latest",
+                              "started_at": time.time()}
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload(version))
+        return dict(self.reload_status)
+
+    async def _reload(self, version: str | None) -> None:
+        status = self.reload_status
+        model = None
+        try:
+            model = await asyncio.to_thread(self.loader, self.settings, self.metrics, version)
+            old = self.gen
+            status["to"] = model.spec.version
+            if model.spec.version == old.version and model.spec.name == old.model.spec.name:
+                status.update(state="unchanged", finished_at=time.time())
+                await asyncio.to_thread(model.close)
+                return
+            async with self._write_lock:
+                self._pending = []
+                docs, _ = await old.run(old.collection.live)
+            status.update(state="re-embedding", documents=len(docs), done=0)
+            vectors = await model.embed_bulk([d.text for d in docs],
+                                             progress=lambda n: status.__setitem__("done", n))
+            collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                                 model.spec.version, docs, vectors)
+            new = Generation(model, collection)
+            status["state"] = "swapping"
+            async with self._write_lock:
+                pending, self._pending = self._pending, None
+                for op, payload in pending:  # writes made while we re-embedded, in order
+                    if op == "upsert":
+                        result, _ = await model.embed([t for _, t, _ in payload])
+                        await new.run(collection.upsert, payload, result.vectors)
+                    else:
+                        await new.run(collection.delete, payload)
+                old = self.gen
+                self.gen = new  # the atomic swap: model and index together
+                self._publish_model()
+                self.metrics.documents.set(len(collection))
+                old.retired = True
+                if old.users == 0:
+                    asyncio.get_running_loop().run_in_executor(None, old.close)
+            model = None
+            status.update(state="done", finished_at=time.time())
+            log.info("reloaded %s → %s (%d documents re-embedded)", status["from"], status["to"], len(docs))
+            if self.store is not None:
+                await self.snapshot()
+        except asyncio.CancelledError:
+            status.update(state="cancelled")
+            raise
+        except Exception as exc:
+            log.exception("reload failed; still serving %s", self.gen.version if self.gen else None)
+            status.update(state="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        finally:
+            self._pending = None
+            if model is not None:
+                await asyncio.to_thread(model.close)
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict:
+        s = self.settings
+        gen = self.gen
+        return {
+            "status": self.state,
+            "error": self.error,
+            "model": gen.model.info() if gen else None,
+            "index": gen.collection.info() if gen else None,
+            "limits": {"max_inputs": s.max_inputs, "max_input_chars": s.max_input_chars,
+                       "max_body_bytes": s.max_body_bytes, "max_top_k": s.max_top_k,
+                       "max_batch_tokens": s.max_batch_tokens, "max_batch_size": s.max_batch_size,
+                       "max_wait_ms": s.max_wait_ms, "max_queue_size": s.max_queue_size,
+                       "max_seq_length": gen.model.spec.max_seq_length if gen else None},
+            "queue": {"size": gen.model.queue.size if gen else 0, "capacity": s.max_queue_size},
+            "durability": {"data_dir": str(s.data_dir) if s.data_dir else None,
+                           "wal_seq": self.store.seq if self.store else None},
+            "reload": self.reload_status,
+            "auth": {"api_key": bool(s.api_key), "admin_api_key": bool(s.admin_api_key)},
+        }
