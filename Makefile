@@ -30,10 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check training export service tests bench
 
 demo: install
-	$(PY) -m training --preset turkish-bert \
-		--model_name sentence-transformers/all-MiniLM-L6-v2 \
-		--data_path examples/example_qa_data.json \
-		--output_dir $(DEMO_DIR)/model --epochs 3 --batch_size 16 --max_seq_length 128
+	PY=$(PY) DEMO_DIR=$(DEMO_DIR) scripts/demo.sh
 
 bench: install
 	$(PY) bench/run_all.py

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="defaults of the guide's trainers: turkish-bert (finetune_turkish_bert_qa.py) or bge")
-    p.add_argument("--data_path", nargs="+", help="one or more .json/.jsonl/.csv files (duplicates removed across them)")
+    p.add_argument("--data_path", nargs="+",
+                   help="one or more .json/.jsonl/.csv files (duplicates removed across them)")
     p.add_argument("--output_dir", help="model folder to write (default: the preset's)")
     p.add_argument("--model_name", help="hub id or local folder (default: the preset's); "
                    "sentence-transformers/all-MiniLM-L6-v2 loads offline from the bundled package")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_hard_negatives", action="store_true", help="in-batch negatives only")
     p.add_argument("--num_negatives", type=int, help="hard negatives per question (explicit ones first, then mined)")
     p.add_argument("--negatives_range_min", type=int, default=0, help="skip this many top-ranked candidates")
-    p.add_argument("--negatives_range_max", type=int, default=50, help="consider candidates up to this rank")
+    p.add_argument("--negatives_range_max", type=int, default=100, help="consider candidates up to this rank")
     p.add_argument("--negatives_margin", type=float, default=0.05,
                    help="skip candidates scoring above (1 - margin) × the positive's score (likely false negatives)")
     p.add_argument("--no_instructions", action="store_true", help="no query instruction (bge preset)")

@@ -39,7 +39,7 @@ class NegativeMiner:
     encode: Encode
     num_negatives: int = 3
     range_min: int = 0
-    range_max: int = 50
+    range_max: int = 100
     relative_margin: float = 0.05
 
     def fill(self, records: Sequence[QARecord], passages: Sequence[str]) -> list[QARecord]:

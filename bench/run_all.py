@@ -1,0 +1,57 @@
+"""`make bench`: run every benchmark, then assemble docs/benchmarks.md from their sections.
+
+Each ``bench/bench_<stage>.py`` writes ``docs/benchmarks/<stage>.md`` (+ plots beside it); this script
+runs them one after another (never in parallel: they measure the same 2 cores) and joins the
+sections into ``docs/benchmarks.md``.
+
+    python bench/run_all.py                 # run all, then assemble
+    python bench/run_all.py --assemble-only # only rebuild docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ROOT / "docs" / "benchmarks"
+ORDER = ("training", "export", "service")
+
+
+def assemble() -> Path:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Measured on the project's reference machine (2 CPU cores, 24 GiB, no GPU) unless a section says "
+        "otherwise. Every speed or memory number is a ratio against a baseline measured in the same run. "
+        "Regenerate with `make bench`; each section names its own command.",
+        "",
+    ]
+    found = sorted(SECTIONS.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+    for section in found:
+        text = section.read_text(encoding="utf-8")
+        # Demote headings one level and point images at the section folder.
+        text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+        parts += [text.replace("](", "](benchmarks/").replace("](benchmarks/http", "](http"), ""]
+    out = ROOT / "docs" / "benchmarks.md"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assemble-only", action="store_true")
+    args = parser.parse_args()
+    if not args.assemble_only:
+        for stage in ORDER:
+            script = ROOT / "bench" / f"bench_{stage}.py"
+            if script.exists():
+                print(f"== {script.name}", flush=True)
+                subprocess.run([sys.executable, str(script)], check=True, cwd=ROOT)
+    print(f"wrote {assemble()}")
+
+
+if __name__ == "__main__":
+    main()
