@@ -35,7 +35,8 @@ class TorchBackend(Backend):
         self.model.eval()
         self.device = device
         self.variant = "fp32"
-        self.dimension = int(self.model.get_sentence_embedding_dimension() or spec.dimension)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(get_dim() or spec.dimension)
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray,

@@ -1,0 +1,261 @@
+"""Unit tests of service/ parts that need no server: settings, auth, batching, index, store, imports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.auth import KeyChecker
+from service.backends.base import Backend
+from service.batching import BatchQueue
+from service.errors import Overloaded, TooLarge
+from service.index import Collection, Document, IndexConfig
+from service.metrics import ServiceMetrics
+from service.settings import Settings, SettingsError
+from service.store import DurableStore, StoreError
+from service.tokenization import Encoded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- settings
+def test_settings_flags_over_env_over_defaults():
+    env = {"QAEMBED_PORT": "9001", "QAEMBED_API_KEY": "k-secret1, k-secret2", "QAEMBED_MAX_WAIT_MS": "5",
+           "QAEMBED_REGISTRY": "/r", "QAEMBED_NAME": "qa"}
+    s = Settings.from_sources(["--port", "9002"], env=env)
+    assert s.port == 9002 and s.max_wait_ms == 5.0 and s.api_key == ("k-secret1", "k-secret2")
+    assert s.registry == Path("/r") and s.name == "qa" and s.host == "127.0.0.1"
+    with pytest.raises(Exception):  # frozen
+        s.port = 1  # type: ignore[misc]
+    assert "k-secret" not in repr(s) and s.public()["api_key"] is True
+
+
+@pytest.mark.parametrize("env", [{"QAEMBED_PORT": "x"}, {"QAEMBED_MAX_INPUTS": "0"},
+                                 {"QAEMBED_INDEX": "nope"}, {"QAEMBED_MAX_INPUTS": "5000"}])
+def test_settings_reject_bad_values(env):
+    with pytest.raises(SettingsError):
+        Settings.from_sources([], env=env)
+
+
+def test_settings_require_model():
+    with pytest.raises(SettingsError, match="--registry"):
+        Settings.from_sources([], env={}).require_model()
+
+
+# ------------------------------------------------------------------------------------------- auth
+def test_auth_rules():
+    open_checker = KeyChecker((), ())
+    assert open_checker.check("/embed", None) is None and open_checker.check("/admin/reload", None) is None
+    c = KeyChecker(("data",), ("admin",))
+    assert c.check("/health", None) is None and c.check("/metrics", None) is None
+    assert c.check("/embed", None).status == 401
+    assert c.check("/embed", "Bearer wrong").status == 401
+    assert c.check("/embed", "Basic data").status == 401
+    assert c.check("/embed", "Bearer data") is None
+    assert c.check("/embed", "bearer admin") is None  # admin key is a superset
+    assert c.check("/admin/reload", "Bearer data").status == 401
+    assert c.check("/admin/reload", "Bearer admin") is None
+    assert KeyChecker(("data",), ()).check("/admin/reload", "Bearer data").status == 403
+
+
+# ------------------------------------------------------------------------------------------- batching
+class RecordingBackend(Backend):
+    """Deterministic fake model: the embedding encodes the first token id; records batch shapes."""
+
+    dimension = 4
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.shapes: list[tuple[int, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed(self, ids, mask, types):
+        self.gate.wait(10)
+        self.shapes.append(ids.shape)
+        time.sleep(self.delay)
+        out = np.zeros((len(ids), 4), np.float32)
+        out[:, 0] = ids[:, 0]
+        out[:, 1] = 1
+        return out
+
+
+def enc(first: int, length: int) -> Encoded:
+    ids = np.full(length, 7, np.int64)
+    ids[0] = first
+    return Encoded(ids, np.zeros(length, np.int64))
+
+
+def test_queue_batches_concurrent_requests_within_token_budget():
+    backend = RecordingBackend(delay=0.01)
+    metrics = ServiceMetrics(process=False)
+
+    async def main():
+        q = BatchQueue(backend, max_batch_tokens=64, max_batch_size=16, max_wait_s=0.005, capacity=100,
+                       metrics=metrics)
+        jobs = [q.submit([enc(i, 8)]) for i in range(20)]
+        results = [await j.wait() for j in jobs]
+        q.close()
+        return results
+
+    results = asyncio.run(main())
+    for i, r in enumerate(results):  # every request gets its own vector back
+        assert r.vectors[0, 0] == pytest.approx(i / np.sqrt(i * i + 1))
+    assert max(b for b, _ in backend.shapes) > 1
+    assert all(b * s <= 64 for b, s in backend.shapes)  # padded tokens within budget
+    assert sum(b for b, _ in backend.shapes) == 20
+
+
+def test_queue_full_is_refused_at_once_and_cancelled_jobs_are_dropped():
+    backend = RecordingBackend()
+    backend.gate.clear()  # hold the first batch inside the "model"
+
+    async def main():
+        q = BatchQueue(backend, max_batch_tokens=1000, max_batch_size=1, max_wait_s=0, capacity=3)
+        first = q.submit([enc(1, 4)])
+        while not q.size == 0:
+            await asyncio.sleep(0.001)
+        keep = q.submit([enc(2, 4), enc(3, 4)])
+        gone = q.submit([enc(4, 4)])
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded):
+            q.submit([enc(5, 4)])
+        assert time.perf_counter() - t0 < 0.05
+        gone.cancel()  # the client went away
+        backend.gate.set()
+        await first.wait()
+        r = await keep.wait()
+        q.close()
+        return r
+
+    r = asyncio.run(main())
+    assert r.vectors.shape == (2, 4)
+    assert len(backend.shapes) == 3  # 1 + 2; the cancelled text never reached the model
+
+
+def test_queue_failure_fails_requests_not_the_worker():
+    class Flaky(RecordingBackend):
+        def embed(self, ids, mask, types):
+            if ids[0, 0] == 13:
+                raise RuntimeError("boom")
+            return super().embed(ids, mask, types)
+
+    async def main():
+        q = BatchQueue(Flaky(), max_batch_size=1, max_wait_s=0, capacity=10)
+        with pytest.raises(Exception, match="inference failed"):
+            await q.submit([enc(13, 3)]).wait()
+        ok = await q.submit([enc(2, 3)]).wait()
+        q.close()
+        return ok
+
+    assert asyncio.run(main()).vectors.shape == (1, 4)
+
+
+def test_tokenizer_truncates_and_refuses_when_asked(minilm_path):
+    from service.tokenization import TextTokenizer
+
+    tok = TextTokenizer(minilm_path / "tokenizer.json", max_seq_length=8, query_prompt="query: ")
+    long = "one two three four five six seven eight nine ten"
+    assert [len(e) for e in tok.encode(["hi", long])] == [3, 8]
+    assert len(tok.encode(["hi"], is_query=True)[0]) > 3  # prompt only for queries
+    with pytest.raises(TooLarge):
+        tok.encode([long], truncate=False)
+
+
+# ------------------------------------------------------------------------------------------- index
+def _unit(rng, n, dim=32):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "hnsw-sq8"])
+def test_index_types_find_neighbours_filter_and_delete(kind):
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng, 600)
+    docs = [Document(f"d{i}", f"text {i}", {"parity": i % 2, "tags": ["all", f"t{i % 3}"]}) for i in range(600)]
+    config = IndexConfig(kind=kind, nprobe=64, ef_search=128, pq_m=8)
+    c = Collection.from_arrays(32, config, "v1", docs, vectors)
+    assert c.index.kind == kind and len(c) == 600
+    hits = c.search(vectors[:20], k=5)
+    found = sum(h[0].doc.id == f"d{i}" for i, h in enumerate(hits))
+    assert found >= (15 if kind == "ivf-pq" else 19)
+    odd = c.search(vectors[:1], k=5, where={"parity": 1})[0]
+    assert len(odd) == 5 and all(h.doc.metadata["parity"] == 1 for h in odd)
+    assert all(h.doc.id.endswith(("1", "3", "5", "7", "9")) for h in odd)
+    assert {h.doc.id for h in c.search(vectors[:1], k=3, where={"tags": ["t1", "t2"], "parity": 0})[0]} \
+        <= {f"d{i}" for i in range(600) if i % 3 and i % 2 == 0}
+    c.delete(["d0"])
+    assert all(h.doc.id != "d0" for h in c.search(vectors[:1], k=10)[0])
+    c.upsert([("d1", "replaced", {})], vectors[:1])  # d1 now sits where d0 was
+    assert c.search(vectors[:1], k=1)[0][0].doc.text == "replaced"
+    c.rebuild()
+    assert c.rows == len(c) == 599 and c.search(vectors[:1], k=1)[0][0].doc.id == "d1"
+
+
+def test_auto_index_choice():
+    cfg = IndexConfig(kind="auto", flat_max=1000)
+    assert cfg.resolve(10) == "flat" and cfg.resolve(1000) == "flat" and cfg.resolve(5000) == "ivf-sq8"
+    assert IndexConfig(kind="ivf").resolve(10) == "flat"  # too few vectors to train
+
+
+# ------------------------------------------------------------------------------------------- store
+def test_store_replays_wal_and_snapshots_atomically(tmp_path):
+    store = DurableStore(tmp_path)
+    assert store.recover().docs == {}
+    store.open_log()
+    v = np.eye(3, dtype=np.float32)
+    store.append_upsert([("a", "A", {"k": 1}), ("b", "B", {})], v[:2], "v1")
+    store.append_delete(["a"])
+    store.append_upsert([("c", "C", {})], v[2:], "v1")
+    seq = store.rotate()
+    store.write_snapshot(seq, [Document("b", "B", {}), Document("c", "C", {})], v[1:], "m", "v1")
+    store.append_upsert([("d", "D", {})], v[:1], "v2")
+    store.close()
+    (tmp_path / "snapshots" / ".tmp-leftover").mkdir()  # a snapshot cut by a crash
+    state = DurableStore(tmp_path).recover()
+    assert list(state.docs) == ["b", "c", "d"]
+    assert state.docs["d"].model_version == "v2" and state.docs["b"].model_version == "v1"
+    np.testing.assert_array_equal(state.docs["c"].vector, v[2])
+    assert state.seq == 4 and state.snapshot_seq == 3 and state.replayed == 1
+    assert not (tmp_path / "snapshots" / ".tmp-leftover").exists()
+    assert len(list((tmp_path / "wal").glob("*.log"))) == 1  # covered segments removed
+
+
+def test_store_cuts_a_torn_tail_but_refuses_corruption_in_the_middle(tmp_path):
+    store = DurableStore(tmp_path)
+    store.recover()
+    store.open_log()
+    store.append_upsert([("a", "A", {})], np.ones((1, 2), np.float32), "v1")
+    store.close()
+    (segment,) = (tmp_path / "wal").glob("*.log")
+    good = segment.stat().st_size
+    with open(segment, "ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage")  # a frame cut by kill -9
+    state = DurableStore(tmp_path).recover()
+    assert list(state.docs) == ["a"] and state.truncated_bytes > 0 and segment.stat().st_size == good
+    # damage inside a segment that is followed by another one: refuse rather than lose data silently
+    data = bytearray(segment.read_bytes())
+    data[10] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    (tmp_path / "wal" / f"{99:020d}.log").write_bytes(b"")
+    with pytest.raises(StoreError, match="corrupt"):
+        DurableStore(tmp_path).recover()
+
+
+# ------------------------------------------------------------------------------------------- imports
+def test_serving_imports_no_torch():
+    code = ("import sys, service.app, service.__main__, service.engine, service.model\n"
+            "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
