@@ -29,3 +29,14 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def example_data() -> Path:
     return EXAMPLES / "example_qa_data.json"
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory, minilm_path) -> tuple[Path, str]:
+    """The bundled MiniLM exported once per session (onnx, onnx-optimized, int8) and published as
+    ``<registry>/minilm/v0001``; returns ``(registry, name)`` for ``export.bundle.open_bundle``."""
+    from export.pipeline import export_model
+
+    registry = tmp_path_factory.mktemp("registry")
+    export_model(str(minilm_path), registry, "minilm", threads=2, log=lambda message: None)
+    return registry, "minilm"

@@ -1,0 +1,124 @@
+"""``python -m export``: publish a model as a bundle, and manage the registry.
+
+Usage::
+
+    python -m export --model_dir DIR --registry REG --name NAME [--eval_data FILE ...]
+                     [--variants onnx,onnx-optimized,int8,fp16] [--int8_target auto|avx2|...] [--force]
+    python -m export list     --registry REG [--name NAME]
+    python -m export show     --registry REG --name NAME [--version V]
+    python -m export verify   BUNDLE_DIR
+    python -m export promote  --registry REG --name NAME --version V
+    python -m export rollback --registry REG --name NAME
+
+A publish prints the new version folder on its last line. User errors (bad input, failed gate,
+tampered bundle) print one ``error: ...`` line on stderr and exit 1; usage errors exit 2.
+
+Example::
+
+    >>> from export.cli import main
+    >>> main(["verify", "/nonexistent/bundle"])  # stderr: error: /nonexistent/bundle/manifest.json: missing, ...
+    1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from export import bundle as registry_api
+from export.bundle import BundleError
+from export.errors import ExportError
+
+COMMANDS = ("list", "show", "verify", "promote", "rollback")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            return _manage(argv)
+        return _publish(argv)
+    except (BundleError, ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _publish(argv: list[str]) -> int:
+    from export.pipeline import DEFAULT_VARIANTS, export_model  # torch: only for a publish
+    from export.quantize import INT8_TARGETS
+
+    parser = argparse.ArgumentParser(prog="python -m export", description="Export a sentence-transformers "
+                                     f"model to ONNX and publish it as a bundle. Other commands: {', '.join(COMMANDS)}.")
+    parser.add_argument("--model_dir", required=True, help="model folder (or hub name available offline)")
+    parser.add_argument("--registry", required=True, help="registry folder")
+    parser.add_argument("--name", required=True, help="bundle name, e.g. qa-minilm")
+    parser.add_argument("--eval_data", nargs="+", default=[], help="QA data for the quality gate")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated: onnx,onnx-optimized,int8,fp16 (onnx is required)")
+    parser.add_argument("--int8_target", default="auto", choices=("auto", *INT8_TARGETS),
+                        help="CPU instruction set the int8 file is configured for (auto: this CPU)")
+    parser.add_argument("--per_channel", action=argparse.BooleanOptionalAction, default=True,
+                        help="per-channel int8 weight scales")
+    parser.add_argument("--max_seq_length", type=int, default=None, help="override the model's max_seq_length")
+    parser.add_argument("--include_torch", action="store_true", help="also ship the PyTorch model folder")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the gates")
+    parser.add_argument("--force", action="store_true", help="publish even when a gate fails (recorded)")
+    args = parser.parse_args(argv)
+    path = export_model(
+        args.model_dir, args.registry, args.name,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        eval_data=args.eval_data, int8_target=args.int8_target, per_channel=args.per_channel,
+        max_seq_length=args.max_seq_length, include_torch=args.include_torch, force=args.force,
+        threads=args.threads,
+    )
+    print(path)
+    return 0
+
+
+def _manage(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="names and versions; * marks LATEST")
+    listing.add_argument("--registry", required=True)
+    listing.add_argument("--name")
+    show = commands.add_parser("show", help="print a verified bundle's manifest")
+    show.add_argument("--registry", required=True)
+    show.add_argument("--name", required=True)
+    show.add_argument("--version")
+    verify = commands.add_parser("verify", help="check every checksum of a bundle folder")
+    verify.add_argument("bundle_dir")
+    promote = commands.add_parser("promote", help="point LATEST at a version (after verifying it)")
+    promote.add_argument("--registry", required=True)
+    promote.add_argument("--name", required=True)
+    promote.add_argument("--version", required=True)
+    rollback = commands.add_parser("rollback", help="point LATEST at the version before it")
+    rollback.add_argument("--registry", required=True)
+    rollback.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for name in [registry_api.validate_name(args.name)] if args.name else registry_api.list_names(args.registry):
+            latest = _latest_or_none(args.registry, name)
+            for version in registry_api.list_versions(args.registry, name):
+                print(f"{name}\t{version}" + ("\t*" if version == latest else ""))
+    elif args.command == "show":
+        found = registry_api.open_bundle(args.registry, args.name, args.version)
+        print(json.dumps(found.manifest, indent=2, ensure_ascii=False))
+    elif args.command == "verify":
+        found = registry_api.verify_bundle(args.bundle_dir)
+        print(f"ok {found.name} {found.version}: {len(found.manifest['files'])} files verified")
+    elif args.command == "promote":
+        print(registry_api.set_latest(args.registry, args.name, args.version).path)
+    else:
+        target = registry_api.previous_version(args.registry, args.name)
+        print(registry_api.set_latest(args.registry, args.name, target).path)
+    return 0
+
+
+def _latest_or_none(registry: str, name: str) -> str | None:
+    try:
+        return registry_api.latest_version(registry, name)
+    except BundleError:
+        return None

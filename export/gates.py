@@ -1,0 +1,93 @@
+"""Publish gates: ONNX variants must agree with PyTorch (parity) and int8 must not lose retrieval
+quality against fp32 (quality). Pure numpy on top of ``encode`` functions; the pipeline decides
+what a failure means (refuse, or record it under ``--force``).
+
+Example::
+
+    >>> import numpy as np
+    >>> from export.gates import mean_cosine, parity_failures
+    >>> a = np.eye(2, dtype=np.float32)
+    >>> mean_cosine(a, a)
+    1.0
+    >>> parity_failures({"onnx": 0.9995, "int8": 0.95})
+    ['int8: mean cosine to PyTorch 0.950000 < 0.99']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from training.data import QARecord
+from training.metrics import RetrievalTask, evaluate
+
+PARITY_MIN = {"onnx": 0.999, "onnx-optimized": 0.999, "int8": 0.99, "fp16": 0.99}
+QUALITY_METRIC = "mrr@10"
+QUALITY_MAX_DROP = 0.01  # 1.0 point of MRR@10
+Encode = Callable[[Sequence[str]], np.ndarray]
+
+# Used when no --eval_data is given: short and long, Turkish and English, so truncation, padding
+# and non-ASCII tokenisation are all exercised.
+SAMPLE_TEXTS = (
+    "Python nedir?",
+    "Türkiye'nin başkenti neresidir?",
+    "Malazgirt Savaşı hangi yılda yapılmıştır ve sonuçları nelerdir?",
+    "Fotosentez, bitkilerin güneş ışığını kullanarak karbondioksit ve sudan glikoz ve oksijen ürettiği "
+    "süreçtir. Klorofil bu süreçte ışığı soğuran başlıca pigmenttir.",
+    "How do I reset my password if I no longer have access to my e-mail account?",
+    "The mitochondrion is the powerhouse of the cell; it produces most of the chemical energy "
+    "needed to power the cell's biochemical reactions, stored as adenosine triphosphate (ATP).",
+    "İstanbul Boğazı, Karadeniz'i Marmara Denizi'ne bağlayan ve Asya ile Avrupa kıtalarını ayıran su yoludur. "
+    * 6,
+    "ok",
+)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean row-wise cosine similarity of two embedding matrices."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return round(float(cosine.mean()), 6)
+
+
+def parity_texts(records: Sequence[QARecord] = (), limit: int = 64) -> list[str]:
+    """The built-in sample plus questions and passages of the eval data (at most ``limit`` in all)."""
+    from_data = [text for r in records for text in (r.question, r.positive)]
+    return list(dict.fromkeys([*SAMPLE_TEXTS, *from_data]))[:limit]
+
+
+def parity(reference: np.ndarray, encoders: dict[str, Encode], texts: Sequence[str]) -> dict[str, float]:
+    """Mean cosine of each variant's embeddings to the PyTorch ``reference`` of the same ``texts``."""
+    return {variant: mean_cosine(reference, encode(texts)) for variant, encode in encoders.items()}
+
+
+def parity_failures(results: dict[str, float]) -> list[str]:
+    return [
+        f"{variant}: mean cosine to PyTorch {value:.6f} < {PARITY_MIN[variant]}"
+        for variant, value in results.items()
+        if value < PARITY_MIN[variant]
+    ]
+
+
+def quality(records: Sequence[QARecord], encoders: dict[str, Encode], query_prompt: str = "") -> dict[str, dict]:
+    """Retrieval metrics of each variant on ``records`` (queries get the model's query prompt)."""
+    task = RetrievalTask.from_records(records)
+    return {
+        variant: evaluate(task, lambda texts, e=encode: e([query_prompt + t for t in texts]), encode)
+        for variant, encode in encoders.items()
+    }
+
+
+def quality_failures(results: dict[str, dict]) -> list[str]:
+    """int8 may lose at most :data:`QUALITY_MAX_DROP` of MRR@10 against fp32 ONNX."""
+    if "int8" not in results or "onnx" not in results:
+        return []
+    drop = results["onnx"][QUALITY_METRIC] - results["int8"][QUALITY_METRIC]
+    if drop <= QUALITY_MAX_DROP + 1e-9:
+        return []
+    return [
+        f"int8: {QUALITY_METRIC} {results['int8'][QUALITY_METRIC]:.4f} is {drop * 100:.2f} points below "
+        f"fp32 {results['onnx'][QUALITY_METRIC]:.4f} (allowed {QUALITY_MAX_DROP * 100:.1f})"
+    ]

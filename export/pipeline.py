@@ -1,0 +1,140 @@
+"""Export a sentence-transformers model, gate it and publish it as the next bundle version.
+
+Steps: ONNX fp32 (pooling + normalisation in the graph) → onnxruntime fusions (``onnx-optimized``)
+→ dynamic int8 of the fused graph → optional fp16; then the parity gate on real texts, the quality
+gate when eval data is given, and an atomic publish. Everything is built in the registry's staging
+folder and discarded when a step or a gate fails (unless ``force``).
+
+Example::
+
+    >>> from export.pipeline import export_model                               # doctest: +SKIP
+    >>> export_model("path/to/model", "registry", "minilm", variants=["onnx", "int8"])  # doctest: +SKIP
+    PosixPath('registry/minilm/v0001')
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from export import bundle as registry_api
+from export import gates
+from export.errors import ExportError
+from export.onnx_export import (
+    convert_fp16, export_fp32, load_model, model_facts, optimize, save_tokenizer, save_torch_weights,
+)
+from export.quantize import detect_int8_target, quantize_int8
+from export.runtime import OnnxEncoder
+
+DEFAULT_VARIANTS = ("onnx", "onnx-optimized", "int8")
+FILES = {"onnx": "model.onnx", "onnx-optimized": "model_optimized.onnx", "int8": "model_int8.onnx",
+         "fp16": "model_fp16.onnx"}
+
+
+def export_model(
+    model_dir: str,
+    registry: str | Path,
+    name: str,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    eval_data: Sequence[str | Path] = (),
+    int8_target: str = "auto",
+    per_channel: bool = True,
+    max_seq_length: int | None = None,
+    include_torch: bool = False,
+    force: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export, gate and publish; returns the new version folder. Raises :class:`ExportError` when a
+    gate fails (and ``force`` is False) or an input is bad."""
+    registry_api.validate_name(name)
+    unknown = set(variants) - set(FILES)
+    if unknown or "onnx" not in variants:
+        raise ExportError(f"--variants must include onnx and come from {', '.join(FILES)} (got {','.join(variants)})")
+    records = _load_eval_data(eval_data)
+    target = detect_int8_target() if int8_target == "auto" else int8_target
+
+    model = load_model(model_dir, max_seq_length)
+    facts = model_facts(model, model_dir)
+    staging = registry_api.new_staging_dir(registry, name)
+    try:
+        built = _build(model, staging, variants, target, per_channel, log)
+        facts["tokenizer"] = save_tokenizer(model, staging)
+        if include_torch:
+            save_torch_weights(model, staging / "torch")
+            facts["torch"] = "torch"
+        facts["variants"] = {v: {"file": FILES[v], **built.get(v, {})} for v in variants}
+        # Quality and parity need the graphs on disk; the unpublished helpers are removed afterwards.
+        facts |= _run_gates(model, staging, variants, records, facts, threads, force, log)
+        for helper in set(FILES) - set(variants):
+            for file in staging.glob(FILES[helper] + "*"):
+                file.unlink()
+        return registry_api.publish(staging, facts)
+    finally:
+        registry_api.discard_staging(staging)  # a no-op once published (the folder was renamed)
+
+
+def _build(model, staging: Path, variants, target: str, per_channel: bool, log) -> dict[str, dict]:
+    """Write the ONNX files; returns per-variant extras for the manifest."""
+    built: dict[str, dict] = {}
+    started = time.perf_counter()
+    export_fp32(model, staging / FILES["onnx"])
+    log(f"onnx fp32 exported in {time.perf_counter() - started:.1f}s")
+    if {"onnx-optimized", "int8", "fp16"} & set(variants):
+        fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], model)
+        built["onnx-optimized"] = {"fused_operators": fused}
+        log(f"fused operators: {fused}")
+    if "int8" in variants:
+        external = (staging / FILES["onnx"]).with_name(FILES["onnx"] + ".data").exists()
+        built["int8"] = {"quantization": quantize_int8(
+            staging / FILES["onnx-optimized"], staging / FILES["int8"], target, per_channel, external
+        )}
+        log(f"int8 quantised for {target} (per_channel={per_channel})")
+    if "fp16" in variants:
+        convert_fp16(staging / FILES["onnx-optimized"], staging / FILES["fp16"])
+    for variant, extras in built.items():
+        extras["external_data"] = (staging / (FILES[variant] + ".data")).exists()
+    return built
+
+
+def _run_gates(model, staging: Path, variants, records, facts: dict, threads, force: bool, log) -> dict:
+    texts = gates.parity_texts(records)
+    reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    encoders = {}
+    for variant in variants:
+        if variant == "fp16":
+            continue  # fp16 is for GPU serving; onnxruntime's CPU provider lacks its fused fp16 kernels.
+        encoder = OnnxEncoder(staging / FILES[variant], staging / facts["tokenizer"], facts["max_seq_length"],
+                              threads)
+        encoders[variant] = encoder.encode
+    result = {"parity": {"texts": len(texts), "mean_cosine": gates.parity(reference, encoders, texts),
+                         "minimum": {v: gates.PARITY_MIN[v] for v in encoders}}}
+    failures = gates.parity_failures(result["parity"]["mean_cosine"])
+    log(f"parity (mean cosine to PyTorch): {result['parity']['mean_cosine']}")
+    if records:
+        measured = gates.quality(records, {v: encoders[v] for v in ("onnx", "int8") if v in encoders},
+                                 facts["query_prompt"])
+        result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.QUALITY_MAX_DROP,
+                             "pairs": len(records), **measured}
+        failures += gates.quality_failures(measured)
+        log("quality: " + ", ".join(f"{v} {gates.QUALITY_METRIC}={m[gates.QUALITY_METRIC]}"
+                                     for v, m in measured.items()))
+    if failures and not force:
+        raise ExportError("gate failed, not published (--force to publish anyway): " + "; ".join(failures))
+    if failures:
+        log("WARNING: publishing despite failed gates (--force): " + "; ".join(failures))
+    result["gate_failures_forced"] = failures
+    return result
+
+
+def _load_eval_data(paths: Sequence[str | Path]):
+    if not paths:
+        return ()
+    from training.data import DataError, load_qa_data
+
+    try:
+        return load_qa_data(list(paths)).records
+    except DataError as error:
+        raise ExportError(f"--eval_data: {error}") from None
+
