@@ -1,0 +1,180 @@
+"""The bundle format and registry (export.bundle, export.cli management commands): no model needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export import bundle as api
+from export.bundle import BundleError, new_staging_dir, open_bundle, publish
+from export.cli import main
+from export.quantize import detect_int8_target
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = {"variants": {"onnx": {"file": "model.onnx"}, "int8": {"file": "model_int8.onnx"}},
+         "tokenizer": "tokenizer.json", "dimension": 4, "max_seq_length": 16, "query_prompt": "query: "}
+
+
+def _publish(registry: Path, name: str = "demo", payload: bytes = b"graph") -> Path:
+    staging = new_staging_dir(registry, name)
+    (staging / "model.onnx").write_bytes(payload)
+    (staging / "model_int8.onnx").write_bytes(payload[:3])
+    (staging / "tokenizer.json").write_text("{}")
+    return publish(staging, dict(FACTS))
+
+
+def _visible_state(registry: Path, name: str = "demo") -> tuple[list[str], str]:
+    return api.list_versions(registry, name), open_bundle(registry, name).version
+
+
+def test_publish_and_open(tmp_path):
+    first, second = _publish(tmp_path), _publish(tmp_path, payload=b"graph2")
+    assert (first.name, second.name) == ("v0001", "v0002")
+    bundle = open_bundle(tmp_path, "demo")
+    assert (bundle.name, bundle.version, bundle.path) == ("demo", "v0002", second)
+    assert bundle.variant_path("int8") == second / "model_int8.onnx"
+    assert bundle.tokenizer_path == second / "tokenizer.json"
+    assert (bundle.query_prompt, bundle.max_seq_length, bundle.dimension) == ("query: ", 16, 4)
+    assert open_bundle(tmp_path, "demo", "v0001").variant_path("onnx").read_bytes() == b"graph"
+    assert set(bundle.manifest["files"]) == {"model.onnx", "model_int8.onnx", "tokenizer.json"}
+    assert bundle.manifest["created_at"]
+    with pytest.raises(BundleError, match="no variant 'fp16'"):
+        bundle.variant_path("fp16")
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda p: (p / "model_int8.onnx").write_bytes(b"gar"), "model_int8.onnx: sha256 mismatch"),
+        (lambda p: (p / "model.onnx").write_bytes(b"graph!"), "model.onnx: size"),
+        (lambda p: (p / "tokenizer.json").unlink(), "tokenizer.json: missing"),
+        (lambda p: (p / "extra.onnx").write_bytes(b"x"), "extra.onnx: not listed"),
+        (lambda p: (p / "manifest.json").write_text("{"), "manifest.json: unreadable"),
+    ],
+)
+def test_tampered_bundle_refused_naming_the_file(tmp_path, tamper, message):
+    tamper(_publish(tmp_path))
+    with pytest.raises(BundleError, match=message):
+        open_bundle(tmp_path, "demo")
+
+
+def test_manifest_cannot_point_outside_the_bundle(tmp_path):
+    path = _publish(tmp_path)
+    (tmp_path / "secret").write_text("x")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["../../secret"] = {"sha256": api.sha256_file(tmp_path / "secret"), "bytes": 1}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        open_bundle(tmp_path, "demo")
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "x" * 200, "a b", "/abs"])
+def test_bad_names_refused(tmp_path, name):
+    with pytest.raises(BundleError, match="invalid bundle name"):
+        new_staging_dir(tmp_path, name)
+    with pytest.raises(BundleError, match="invalid bundle name"):
+        open_bundle(tmp_path, name)
+
+
+@pytest.mark.parametrize("version", ["../v0001", "v1", "latest", "v0001/..", "0001"])
+def test_bad_versions_refused(tmp_path, version):
+    _publish(tmp_path)
+    with pytest.raises(BundleError, match="invalid version"):
+        open_bundle(tmp_path, "demo", version)
+
+
+def test_tampered_latest_pointer_refused(tmp_path):
+    _publish(tmp_path)
+    (tmp_path / "demo" / "LATEST").write_text("../../etc\n")
+    with pytest.raises(BundleError, match="invalid version"):
+        open_bundle(tmp_path, "demo")
+
+
+def test_nothing_published(tmp_path):
+    with pytest.raises(BundleError, match="no published version of 'demo'"):
+        open_bundle(tmp_path, "demo")
+
+
+@pytest.mark.parametrize("step", ["_fsync_tree", "_write_durably", "_fsync_dir", "_point_latest"])
+def test_killed_publish_leaves_registry_consistent(tmp_path, monkeypatch, step):
+    """A crash between any two publish steps leaves the old version (or, once renamed, the complete new
+    one) visible through LATEST, every listed version verifies, and a later publish works."""
+    _publish(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api, step, crash)
+        with pytest.raises(KeyboardInterrupt):
+            _publish(tmp_path, payload=b"new graph")
+    versions, latest = _visible_state(tmp_path)
+    assert latest in ("v0001", "v0002")
+    for version in versions:
+        open_bundle(tmp_path, "demo", version)  # no half version is ever listed
+    assert _publish(tmp_path, payload=b"third").name == f"v{len(versions) + 1:04d}"
+    assert open_bundle(tmp_path, "demo").version == f"v{len(versions) + 1:04d}"
+
+
+def test_promote_and_rollback(tmp_path):
+    for payload in (b"one", b"two", b"three"):
+        _publish(tmp_path, payload=payload)
+    assert api.set_latest(tmp_path, "demo", "v0001").version == "v0001"
+    with pytest.raises(BundleError, match="no version older than v0001"):
+        api.previous_version(tmp_path, "demo")
+    api.set_latest(tmp_path, "demo", "v0003")
+    assert api.previous_version(tmp_path, "demo") == "v0002"
+    with pytest.raises(BundleError, match="v0009 of 'demo' does not exist"):
+        api.set_latest(tmp_path, "demo", "v0009")
+
+
+def test_cli_management_commands(tmp_path, capsys):
+    for payload in (b"one", b"two"):
+        _publish(tmp_path, payload=payload)
+    registry = str(tmp_path)
+    assert main(["list", "--registry", registry]) == 0
+    assert capsys.readouterr().out.splitlines() == ["demo\tv0001", "demo\tv0002\t*"]
+    assert main(["rollback", "--registry", registry, "--name", "demo"]) == 0
+    assert capsys.readouterr().out.strip().endswith("v0001")
+    assert main(["promote", "--registry", registry, "--name", "demo", "--version", "v0002"]) == 0
+    assert main(["show", "--registry", registry, "--name", "demo"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["version"] == "v0002"
+    assert main(["verify", str(tmp_path / "demo" / "v0001")]) == 0
+    (tmp_path / "demo" / "v0001" / "model.onnx").write_bytes(b"owe")
+    assert main(["verify", str(tmp_path / "demo" / "v0001")]) == 1
+    assert "v0001/model.onnx: sha256 mismatch" in capsys.readouterr().err
+    assert main(["promote", "--registry", registry, "--name", "demo", "--version", "v0001"]) == 1
+    assert main(["show", "--registry", registry, "--name", "../x"]) == 1
+
+
+def test_cli_verify_exit_code_without_traceback(tmp_path):
+    bad = _publish(tmp_path)
+    (bad / "tokenizer.json").write_text("[]")
+    result = subprocess.run([sys.executable, "-m", "export", "verify", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {bad / 'tokenizer.json'}: sha256 mismatch, the file was modified or corrupted"
+
+
+def test_bundle_imports_without_torch():
+    code = ("import export, export.bundle, export.runtime, sys; "
+            "heavy = {'torch', 'transformers', 'sentence_transformers', 'optimum'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "flags, machine, expected",
+    [
+        ({"avx2", "fma"}, "x86_64", "avx2"),
+        ({"avx2", "avx512f", "avx512bw"}, "x86_64", "avx512"),
+        ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64", "avx512_vnni"),
+        ({"neon"}, "aarch64", "arm64"),
+    ],
+)
+def test_int8_target_follows_cpu_flags(flags, machine, expected):
+    assert detect_int8_target(flags=flags, machine=machine) == expected
