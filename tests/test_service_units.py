@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_settings_flags_over_env_over_defaults():
     s = Settings.from_sources(["--port", "9002"], env=env)
     assert s.port == 9002 and s.max_wait_ms == 5.0 and s.api_key == ("k-secret1", "k-secret2")
     assert s.registry == Path("/r") and s.name == "qa" and s.host == "127.0.0.1"
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     assert "k-secret" not in repr(s) and s.public()["api_key"] is True
 
