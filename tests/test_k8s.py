@@ -1,0 +1,332 @@
+"""Kubernetes manifests and container build files (issue 5).
+
+Renders both overlays with `kubectl kustomize`, validates them with `kubernetes-validate --strict`
+against current Kubernetes versions, checks the wiring between objects (selectors, names, claims,
+settings) and the security posture, and lints both Dockerfiles with hadolint. The tools are
+installed by `make test` (mk/containers.mk); missing ones fail under CI=true and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+OVERLAYS = ("cpu", "gpu")
+K8S_VERSIONS = ("1.30.0", "1.37.0")
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def tool(name: str) -> str:
+    """Path of a check tool: the venv's bin folder first, then PATH."""
+    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            return str(candidate)
+    message = f"{name} is not installed (make test installs it: mk/containers.mk)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+_rendered: dict[str, tuple[str, list[dict]]] = {}
+
+
+def rendered(overlay: str) -> tuple[str, list[dict]]:
+    if overlay not in _rendered:
+        out = run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)])
+        assert out.returncode == 0, out.stderr
+        _rendered[overlay] = (out.stdout, [d for d in yaml.safe_load_all(out.stdout) if d])
+    return _rendered[overlay]
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    hits = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
+    return hits[0]
+
+
+def pod_templates(docs: list[dict]) -> dict[str, dict]:
+    out = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            out[f"{d['kind']}/{d['metadata']['name']}"] = d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            out[f"CronJob/{d['metadata']['name']}"] = d["spec"]["jobTemplate"]["spec"]["template"]
+    return out
+
+
+# --------------------------------------------------------------------------- schema validation
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_overlay_validates_strictly(overlay: str, version: str, tmp_path: Path) -> None:
+    text, docs = rendered(overlay)
+    builtin = [d for d in docs if d["kind"] not in CRD_KINDS]
+    path = tmp_path / f"{overlay}.yaml"
+    path.write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+    # the `kubectl kustomize ... | kubernetes-validate --strict -` pipeline of the issue
+    out = run([tool("kubernetes-validate"), "--strict", "-k", version, "--quiet", str(path)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ERROR" not in out.stdout + out.stderr
+    kinds = {d["kind"] for d in builtin}
+    assert {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "PersistentVolumeClaim", "Job", "CronJob", "ServiceAccount"} <= kinds
+
+
+def test_strict_validation_catches_a_misspelled_field(tmp_path: Path) -> None:
+    """Guards the check itself: --strict must reject unknown fields."""
+    _, docs = rendered("cpu")
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    deploy = yaml.safe_load(yaml.safe_dump(deploy))
+    deploy["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/ready"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(deploy))
+    out = run([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], "--quiet", str(path)])
+    assert out.returncode != 0
+
+
+def test_example_secret_is_valid_and_not_deployed(tmp_path: Path) -> None:
+    example = K8S / "base" / "secret.example.yaml"
+    out = run([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], "--quiet", str(example)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    secret = yaml.safe_load(example.read_text())
+    assert all(v.startswith("CHANGE-ME") for v in secret["stringData"].values())
+    for overlay in OVERLAYS:
+        assert not [d for d in rendered(overlay)[1] if d["kind"] == "Secret"], "no secret may be rendered"
+
+
+# --------------------------------------------------------------------------- wiring between objects
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_objects_reference_each_other(overlay: str) -> None:
+    _, docs = rendered(overlay)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"qaembed"}
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+
+    service = find(docs, "Service", "qaembed")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+
+    hpa = find(docs, "HorizontalPodAutoscaler", "qaembed-serve")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "qaembed-serve"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = find(docs, "PodDisruptionBudget", "qaembed-serve")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] or pdb["spec"]["minAvailable"] == 1
+
+    sm = find(docs, "ServiceMonitor", "qaembed")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert all(e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+
+    configmaps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert {"qaembed-registry", "qaembed-training-data"} <= claims
+    for where, template in pod_templates(docs).items():
+        spec = template["spec"]
+        for c in spec["containers"]:
+            for ref in c.get("envFrom", []):
+                assert ref["configMapRef"]["name"] in configmaps, where
+        for v in spec.get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, where
+        mounted = {m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert mounted == {v["name"] for v in spec.get("volumes", [])}, where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_restricted(overlay: str) -> None:
+    """Pod Security Standard "restricted" + read-only root filesystem, for every pod template."""
+    _, docs = rendered(overlay)
+    ns = find(docs, "Namespace", "qaembed")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    templates = pod_templates(docs)
+    assert set(templates) == {"Deployment/qaembed-serve", "Job/qaembed-train", "CronJob/qaembed-retrain"}
+    for where, template in templates.items():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] != 0, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
+            assert c["resources"]["limits"]["memory"], where
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), where
+            assert c["image"].endswith(":" + overlay), where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_probes_and_shutdown(overlay: str) -> None:
+    _, docs = rendered(overlay)
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    spec = deploy["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load needs time"
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["terminationGracePeriodSeconds"] > 30, "must exceed the service's 30 s drain"
+    registry = next(m for m in c["volumeMounts"] if m["mountPath"] == "/registry")
+    assert registry["readOnly"] is True
+
+
+def test_gpu_overlay_asks_for_gpus() -> None:
+    _, docs = rendered("gpu")
+    _, cpu_docs = rendered("cpu")
+    for where, template in pod_templates(docs).items():
+        spec = template["spec"]
+        assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1", where
+        assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), where
+        assert spec["nodeSelector"], where
+    for where, template in pod_templates(cpu_docs).items():
+        assert "nvidia.com/gpu" not in template["spec"]["containers"][0]["resources"].get("limits", {}), where
+        assert "tolerations" not in template["spec"], where
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    cm_name = deploy["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    assert find(docs, "ConfigMap", cm_name)["data"]["QAEMBED_DEVICE"] == "cuda"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_configmap_is_valid_service_settings(overlay: str) -> None:
+    """Every QAEMBED_* key the Deployment gets must be a real `python -m service` setting."""
+    settings = pytest.importorskip("service.settings")
+    _, docs = rendered(overlay)
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for ref in c["envFrom"]:
+        env.update(find(docs, "ConfigMap", ref["configMapRef"]["name"])["data"])
+    fields = {f.upper() for f in settings.Settings.__dataclass_fields__}
+    for key in list(env) + [e["name"] for e in c["env"]]:
+        assert key.startswith("QAEMBED_") and key[len("QAEMBED_"):] in fields, key
+    built = settings.Settings.from_sources([], env=env)
+    assert str(built.registry) == "/registry" and built.host == "0.0.0.0"
+    assert built.port == c["ports"][0]["containerPort"]
+    assert str(built.data_dir) in {m["mountPath"] for m in c["volumeMounts"]}
+
+
+def test_training_jobs_run_train_and_export() -> None:
+    _, docs = rendered("cpu")
+    for where, template in pod_templates(docs).items():
+        if where.startswith("Deployment"):
+            continue
+        c = template["spec"]["containers"][0]
+        assert template["spec"]["restartPolicy"] == "Never"
+        cm = find(docs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert cm["QAEMBED_REGISTRY"] in mounts and not mounts[cm["QAEMBED_REGISTRY"]].get("readOnly")
+        assert cm["QAEMBED_DATA_PATH"].startswith("/data") and mounts["/data"]["readOnly"]
+        assert cm["HF_HOME"].startswith("/work") and "/work" in mounts
+    cron = find(docs, "CronJob", "qaembed-retrain")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+# --------------------------------------------------------------------------- images
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])
+def test_hadolint(dockerfile: str) -> None:
+    out = run([tool("hadolint"), str(ROOT / dockerfile)])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])
+def test_dockerfile_contract(dockerfile: str) -> None:
+    text = (ROOT / dockerfile).read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines.index(next(x for x in lines if x.startswith("ARG BASE_IMAGE="))) < lines.index(
+        next(x for x in lines if x.startswith("FROM ")))
+    assert all(x.startswith("FROM ${BASE_IMAGE}") for x in lines if x.startswith("FROM "))
+    assert any(x.startswith("ARG PIP_CERT") for x in lines)
+    users = [x for x in lines if x.startswith("USER ")]
+    assert users and users[-1] not in ("USER root", "USER 0") and "USER 10001:10001" in users[-1]
+    entry = next(x for x in lines if x.startswith("ENTRYPOINT"))
+    assert "tini" in entry
+    if dockerfile == "Dockerfile.serve":
+        assert any(x.startswith("HEALTHCHECK") for x in lines) and "/health" in text
+        assert text.count("FROM ${BASE_IMAGE}") >= 2, "multi-stage"
+        # base deps only, and the build itself fails if torch sneaks in
+        assert "pip install ." in text and "'.[train]'" not in text and "import torch" in text
+    else:
+        assert "train-and-export" in entry and "'.[train]'" in text
+
+
+def test_dockerignore_keeps_context_small() -> None:
+    rules = [r.strip() for r in (ROOT / ".dockerignore").read_text().splitlines()
+             if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*", "deny by default"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied = set()
+    for dockerfile in ("Dockerfile.serve", "Dockerfile.train"):
+        for line in (ROOT / dockerfile).read_text().splitlines():
+            if line.startswith("COPY") and "--from=" not in line:
+                copied |= {p.rstrip("/").split("/")[0] for p in line.split()[1:-1] if not p.startswith("--")}
+    assert copied <= allowed, copied - allowed
+    assert not {"examples", "models", "registry", ".venv", "tests"} & allowed
+
+
+def test_train_and_export_cli(tmp_path: Path) -> None:
+    script = ROOT / "docker" / "train-and-export"
+    assert os.access(script, os.X_OK)
+    out = run(["bash", str(script), "--help"])
+    assert out.returncode == 0 and "Usage: train-and-export" in out.stdout
+    assert run(["bash", str(script), "--no-such-flag"]).returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = run(["bash", str(script), "--data", str(empty), "--registry", str(tmp_path / "r"),
+               "--work-dir", str(tmp_path / "w")])
+    assert out.returncode == 2 and "no training data" in out.stderr
+
+
+def test_train_and_export_runs_both_stages(tmp_path: Path) -> None:
+    """The script's wiring, with stub `python -m training` / `python -m export` on PATH."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> {tmp_path}/calls\n'
+        'if [ "$2" = training ]; then while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && mkdir -p "$2"; shift; done;\n'
+        f'else echo exporting; echo {tmp_path}/reg/qaembed/v1; fi\n')
+    (stub / "python").chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.json").write_text("[]")
+    (data / "b.csv").write_text("")
+    (data / "ignored.txt").write_text("")
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "QAEMBED_DATA_PATH": str(data),
+           "QAEMBED_MODEL_NAME": "some/model"}
+    out = run(["bash", str(ROOT / "docker" / "train-and-export"), "--registry", str(tmp_path / "reg"),
+               "--work-dir", str(tmp_path / "w"), "--epochs", "1", "--", "--batch_size", "8"], env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"{tmp_path}/reg/qaembed/v1"
+    train, export = (tmp_path / "calls").read_text().splitlines()
+    assert train.startswith("-m training --preset turkish-bert --data_path ")
+    assert f"{data}/a.json {data}/b.csv --output_dir" in train and "ignored" not in train
+    assert "--model_name some/model --epochs 1 --batch_size 8" in train
+    assert export.startswith("-m export --model_dir ") and "--registry " + str(tmp_path / "reg") in export
+    assert "--name qaembed" in export and f"--eval_data {data}/a.json {data}/b.csv" in export
