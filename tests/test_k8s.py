@@ -246,6 +246,8 @@ def test_training_jobs_run_train_and_export() -> None:
         assert cm["HF_HOME"].startswith("/work") and "/work" in mounts
     cron = find(docs, "CronJob", "qaembed-retrain")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    # neither trains on an empty data volume right after `kubectl apply`
+    assert cron["spec"]["suspend"] is True and find(docs, "Job", "qaembed-train")["spec"]["suspend"] is True
 
 
 # --------------------------------------------------------------------------- images
