@@ -76,7 +76,7 @@ class SearchRequest(_Model):
 
 
 class DocumentIn(_Model):
-    id: str | None = Field(None, min_length=1, max_length=256)
+    id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f]+$")
     text: str
     metadata: dict[str, Any] | None = None
 
@@ -118,7 +118,16 @@ def _disconnect_watcher(request: Request) -> Callable:
     return wait
 
 
+def _check_json_safe(value: Any, what: str) -> None:
+    """Refuse what cannot be stored or sent back as JSON: NaN/Infinity, lone surrogates."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise Unprocessable(f"{what} is not valid JSON text: {type(exc).__name__}") from None
+
+
 def _check_texts(texts: list[str], settings: Settings, what: str = "inputs") -> None:
+    _check_json_safe(texts, what)
     if not texts:
         raise Unprocessable(f"{what} must not be empty")
     if len(texts) > settings.max_inputs:
@@ -299,6 +308,7 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
             raise Unprocessable(f"top_k is {req.top_k}, at most {settings.max_top_k}")
         texts = [req.query] if req.query is not None else req.queries
         _check_texts(texts, settings, "query" if req.query is not None else "queries")
+        _check_json_safe(req.filter, "filter")
         hits, timings = await engine.search(texts, req.top_k, req.filter, _disconnect_watcher(request))
         results = [[h.to_json() for h in row] for row in hits]
         return _json({"results": results[0] if req.query is not None else results},
@@ -308,6 +318,7 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     @app.post("/documents", summary="Upsert documents (durable when acknowledged)")
     async def upsert_documents(req: DocumentsRequest, request: Request) -> Response:
         _check_texts([d.text for d in req.documents], settings, "documents")
+        _check_json_safe([[d.id, d.metadata] for d in req.documents], "documents")
         ids = await engine.upsert([DocIn(d.id, d.text, d.metadata or {}) for d in req.documents],
                                   disconnected=_disconnect_watcher(request))
         return _json({"ids": ids})

@@ -66,6 +66,40 @@ class Generation:
         self.users = 0
         self.retired = False
         self.closed = False
+        self._searches: list[tuple[np.ndarray, int, asyncio.Future]] = []
+        self._searching = False
+
+    async def search(self, vectors: np.ndarray, k: int, where: Mapping | None) -> list[list[Hit]]:
+        """Search on the index thread; unfiltered searches that arrive while one runs are coalesced
+        into a single multi-query FAISS call (one matrix product instead of many)."""
+        if where:
+            return await self.run(self.collection.search, vectors, k, where)
+        future = asyncio.get_running_loop().create_future()
+        self._searches.append((vectors, k, future))
+        if not self._searching:
+            self._searching = True
+            asyncio.get_running_loop().create_task(self._drain_searches())
+        return await future
+
+    async def _drain_searches(self) -> None:
+        try:
+            while self._searches:
+                batch, self._searches = self._searches, []
+                queries = np.concatenate([v for v, _, _ in batch])
+                try:
+                    hits = await self.run(self.collection.search, queries, max(k for _, k, _ in batch), None)
+                except Exception as exc:  # hand the failure to every waiting request
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                row = 0
+                for vectors, k, future in batch:
+                    if not future.done():
+                        future.set_result([h[:k] for h in hits[row:row + len(vectors)]])
+                    row += len(vectors)
+        finally:
+            self._searching = False
 
     @property
     def version(self) -> str:
@@ -106,6 +140,8 @@ class Engine:
         self.reload_status: dict = {"state": "idle"}
         self.started_at = time.time()
         faiss.omp_set_num_threads(settings.index_threads)
+        # exact search of a few coalesced queries: one BLAS matrix product reads the vectors once
+        faiss.cvar.distance_compute_blas_threshold = 2
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -233,7 +269,7 @@ class Engine:
         async with self.use() as gen:
             result, tokenize_s = await gen.model.embed(queries, is_query=True, disconnected=disconnected)
             t0 = time.perf_counter()
-            hits = await gen.run(gen.collection.search, result.vectors, top_k, where)
+            hits = await gen.search(result.vectors, top_k, where)
             search_s = time.perf_counter() - t0
             self.metrics.search_duration.observe(search_s)
             return hits, {"tokenize_s": tokenize_s, "queue_s": result.queue_s,

@@ -306,6 +306,12 @@ def test_bad_input_gives_4xx_json(client):
     assert_error(client.post("/documents", json={"documents": [{"id": "a"}]}), 422)
     assert_error(client.post("/documents", json={"documents": [{"text": "a", "metadata": [1]}]}), 422)
     assert_error(client.post("/documents", json={"documents": "nope"}), 422)
+    assert_error(client.post("/embed", content=b'{"inputs": "\\ud800"}', headers=headers), 422)  # lone surrogate
+    assert_error(client.post("/documents", content=b'{"documents": [{"text": "a", "metadata": {"x": NaN}}]}',
+                             headers=headers), 422)
+    assert_error(client.post("/documents", json={"documents": [{"id": "a/b", "text": "x"}]}), 422)
+    deep = client.post("/embed", content=b"[" * 50_000, headers=headers)
+    assert 400 <= deep.status_code < 500 and "error" in deep.json()
     assert_error(client.get("/nope"), 404)
     assert_error(client.put("/embed", json={"inputs": "x"}), 405)
 

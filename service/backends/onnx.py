@@ -37,6 +37,9 @@ class OnnxBackend(Backend):
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No busy-waiting between ops: on few shared cores, spinning threads starve the event loop,
+        # the tokenizer and the HTTP stack of the same process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(spec.onnx_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
