@@ -65,7 +65,7 @@ def test_duplicates_dropped_across_files_and_counted(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
-        ("d.jsonl", '{"question": "S", "answer": "C"}\n{"question": "S2" "answer": "C"}\n', "d.jsonl:2: malformed JSON"),
+        ("d.jsonl", '{"question": "S", "answer": "C"}\n{"question": "S2" "answer": 1}\n', "d.jsonl:2: malformed JSON"),
         ("d.jsonl", '{"question": "S"}\n', "d.jsonl:1: missing field 'answer'"),
         ("d.jsonl", '{"question": "", "answer": "C"}\n', "d.jsonl:1: field 'question' is empty"),
         ("d.jsonl", '{"question": "S", "answer": 5}\n', "d.jsonl:1: field 'answer' must be a string, found int"),

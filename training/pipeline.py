@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
             "resumed_from": Path(result.resumed_from).name if result.resumed_from else None,
         },
     }
+    if not _is_main_process():
+        return payload  # under torchrun every rank trains; only rank 0 writes the model
     staging = work_dir / "model"
     if staging.exists():
         shutil.rmtree(staging)
@@ -204,6 +207,10 @@ def _replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
