@@ -149,7 +149,9 @@ def open_bundle(registry: str | Path, name: str, version: str | None = None) -> 
         raise BundleError(f"{path}: version {version} of {name!r} does not exist")
     bundle = verify_bundle(path)
     if (bundle.name, bundle.version) != (name, version):
-        raise BundleError(f"{path / MANIFEST}: manifest says {bundle.name}/{bundle.version}, folder is {name}/{version}")
+        raise BundleError(
+            f"{path / MANIFEST}: manifest says {bundle.name}/{bundle.version}, folder is {name}/{version}"
+        )
     return bundle
 
 

@@ -49,8 +49,11 @@ def _publish(argv: list[str]) -> int:
     from export.pipeline import DEFAULT_VARIANTS, export_model  # torch: only for a publish
     from export.quantize import INT8_TARGETS
 
-    parser = argparse.ArgumentParser(prog="python -m export", description="Export a sentence-transformers "
-                                     f"model to ONNX and publish it as a bundle. Other commands: {', '.join(COMMANDS)}.")
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a sentence-transformers model to ONNX and publish it as a bundle. "
+        f"Other commands: {', '.join(COMMANDS)}.",
+    )
     parser.add_argument("--model_dir", required=True, help="model folder (or hub name available offline)")
     parser.add_argument("--registry", required=True, help="registry folder")
     parser.add_argument("--name", required=True, help="bundle name, e.g. qa-minilm")
@@ -61,6 +64,8 @@ def _publish(argv: list[str]) -> int:
                         help="CPU instruction set the int8 file is configured for (auto: this CPU)")
     parser.add_argument("--per_channel", action=argparse.BooleanOptionalAction, default=True,
                         help="per-channel int8 weight scales")
+    parser.add_argument("--int8_fp32_layers", type=int, default=1,
+                        help="keep the first N transformer layers fp32 in the int8 file (accuracy vs speed)")
     parser.add_argument("--max_seq_length", type=int, default=None, help="override the model's max_seq_length")
     parser.add_argument("--include_torch", action="store_true", help="also ship the PyTorch model folder")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the gates")
@@ -70,6 +75,7 @@ def _publish(argv: list[str]) -> int:
         args.model_dir, args.registry, args.name,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()],
         eval_data=args.eval_data, int8_target=args.int8_target, per_channel=args.per_channel,
+        fp32_layers=args.int8_fp32_layers,
         max_seq_length=args.max_seq_length, include_torch=args.include_torch, force=args.force,
         threads=args.threads,
     )

@@ -22,7 +22,13 @@ from export import bundle as registry_api
 from export import gates
 from export.errors import ExportError
 from export.onnx_export import (
-    convert_fp16, export_fp32, load_model, model_facts, optimize, save_tokenizer, save_torch_weights,
+    convert_fp16,
+    export_fp32,
+    load_model,
+    model_facts,
+    optimize,
+    save_tokenizer,
+    save_torch_weights,
 )
 from export.quantize import detect_int8_target, quantize_int8
 from export.runtime import OnnxEncoder
@@ -40,6 +46,7 @@ def export_model(
     eval_data: Sequence[str | Path] = (),
     int8_target: str = "auto",
     per_channel: bool = True,
+    fp32_layers: int = 1,
     max_seq_length: int | None = None,
     include_torch: bool = False,
     force: bool = False,
@@ -59,7 +66,7 @@ def export_model(
     facts = model_facts(model, model_dir)
     staging = registry_api.new_staging_dir(registry, name)
     try:
-        built = _build(model, staging, variants, target, per_channel, log)
+        built = _build(model, staging, variants, target, per_channel, fp32_layers, log)
         facts["tokenizer"] = save_tokenizer(model, staging)
         if include_torch:
             save_torch_weights(model, staging / "torch")
@@ -75,7 +82,8 @@ def export_model(
         registry_api.discard_staging(staging)  # a no-op once published (the folder was renamed)
 
 
-def _build(model, staging: Path, variants, target: str, per_channel: bool, log) -> dict[str, dict]:
+def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_layers: int,
+           log) -> dict[str, dict]:
     """Write the ONNX files; returns per-variant extras for the manifest."""
     built: dict[str, dict] = {}
     started = time.perf_counter()
@@ -87,10 +95,10 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, log) 
         log(f"fused operators: {fused}")
     if "int8" in variants:
         external = (staging / FILES["onnx"]).with_name(FILES["onnx"] + ".data").exists()
-        built["int8"] = {"quantization": quantize_int8(
-            staging / FILES["onnx-optimized"], staging / FILES["int8"], target, per_channel, external
-        )}
-        log(f"int8 quantised for {target} (per_channel={per_channel})")
+        settings = quantize_int8(staging / FILES["onnx-optimized"], staging / FILES["int8"], target, per_channel,
+                                 external, fp32_layers=fp32_layers)
+        built["int8"] = {"quantization": {**settings, "source_variant": "onnx-optimized", "fp32_layers": fp32_layers}}
+        log(f"int8 quantised for {target} (per_channel={per_channel}, first {fp32_layers} layer(s) fp32)")
     if "fp16" in variants:
         convert_fp16(staging / FILES["onnx-optimized"], staging / FILES["fp16"])
     for variant, extras in built.items():

@@ -26,13 +26,16 @@ from tokenizers import Tokenizer
 from export.bundle import Bundle
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Full graph optimisation; ``threads`` intra-op threads (None: onnxruntime's default, all cores)."""
+def session_options(threads: int | None = None, config: dict[str, str] | None = None) -> ort.SessionOptions:
+    """Full graph optimisation; ``threads`` intra-op threads (None: onnxruntime's default, all cores);
+    ``config``: session config entries, e.g. ``{"session.intra_op.allow_spinning": "0"}``."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -40,9 +43,9 @@ class OnnxEncoder:
     """``encode(texts) -> float32 [n, dim]`` with one onnxruntime CPU session."""
 
     def __init__(self, onnx_path: str | Path, tokenizer_path: str | Path, max_seq_length: int,
-                 threads: int | None = None, prompt: str = ""):
+                 threads: int | None = None, prompt: str = "", config: dict[str, str] | None = None):
         self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            str(onnx_path), sess_options=session_options(threads, config), providers=["CPUExecutionProvider"]
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))

@@ -157,7 +157,8 @@ def test_cli_verify_exit_code_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "export", "verify", str(bad)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {bad / 'tokenizer.json'}: sha256 mismatch, the file was modified or corrupted"
+    expected = f"error: {bad / 'tokenizer.json'}: sha256 mismatch, the file was modified or corrupted"
+    assert result.stderr.strip() == expected
 
 
 def test_bundle_imports_without_torch():

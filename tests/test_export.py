@@ -1,0 +1,138 @@
+"""Exporting the bundled all-MiniLM-L6-v2: graph contract, parity, quality gate, refusals, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export import bundle as api
+from export import gates
+from export.bundle import open_bundle
+from export.errors import ExportError
+from export.onnx_io import save_onnx
+from export.runtime import OnnxEncoder
+from training.data import load_qa_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def texts(example_data) -> list[str]:
+    records = load_qa_data([example_data]).records[:12]
+    return [r.question for r in records] + [r.positive for r in records]
+
+
+@pytest.fixture(scope="module")
+def torch_embeddings(minilm_path, texts) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    return model.encode(texts, convert_to_numpy=True)
+
+
+def test_graph_contract(exported_bundle):
+    bundle = open_bundle(*exported_bundle)
+    for variant in ("onnx", "onnx-optimized", "int8"):
+        session = ort.InferenceSession(str(bundle.variant_path(variant)), providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in session.get_inputs()}
+        assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
+        assert all(i.type == "tensor(int64)" and isinstance(i.shape[0], str) and isinstance(i.shape[1], str)
+                   for i in inputs.values())
+        (output,) = session.get_outputs()
+        assert (output.name, output.type, output.shape[1]) == ("sentence_embedding", "tensor(float)", 384)
+
+
+def test_manifest_records_the_model(exported_bundle, minilm_path):
+    manifest = open_bundle(*exported_bundle).manifest
+    assert manifest["source_model"] == str(minilm_path)
+    assert (manifest["dimension"], manifest["max_seq_length"], manifest["pooling"]) == (384, 256, "mean")
+    assert manifest["normalize"] is True and manifest["query_prompt"] == ""
+    assert set(manifest["variants"]) == {"onnx", "onnx-optimized", "int8"}
+    assert manifest["variants"]["onnx-optimized"]["fused_operators"]["Attention"] == 6
+    assert manifest["variants"]["int8"]["quantization"]["target"] in ("avx2", "avx512", "avx512_vnni", "arm64")
+    assert manifest["parity"]["mean_cosine"]["onnx"] >= 0.999
+    assert manifest["parity"]["mean_cosine"]["int8"] >= 0.99
+
+
+@pytest.mark.parametrize("variant", ["onnx", "onnx-optimized", "int8"])
+def test_bundle_embeddings_match_sentence_transformer(exported_bundle, texts, torch_embeddings, variant):
+    """Through the bundle API only (tokenizer.json + ONNX session) the embeddings agree with PyTorch."""
+    bundle = open_bundle(*exported_bundle)
+    embeddings = OnnxEncoder.from_bundle(bundle, variant, threads=2).encode(texts, batch_size=8)
+    assert embeddings.shape == (len(texts), bundle.dimension)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # normalised in-graph
+    assert gates.mean_cosine(embeddings, torch_embeddings) >= gates.PARITY_MIN[variant]
+    if variant == "onnx":
+        np.testing.assert_allclose(embeddings, torch_embeddings, atol=2e-5)
+
+
+def test_batch_composition_does_not_change_embeddings(exported_bundle, texts):
+    """Padding inside a batch is masked out by the in-graph pooling."""
+    encoder = OnnxEncoder.from_bundle(open_bundle(*exported_bundle), "onnx", threads=2)
+    np.testing.assert_allclose(encoder.encode(texts, batch_size=1), encoder.encode(texts, batch_size=16),
+                               atol=1e-5)
+
+
+def test_int8_quality_within_one_point_of_fp32(exported_bundle, example_data):
+    bundle = open_bundle(*exported_bundle)
+    encoders = {v: OnnxEncoder.from_bundle(bundle, v, threads=2).encode for v in ("onnx", "int8")}
+    results = gates.quality(load_qa_data([example_data]).records, encoders)
+    assert results["onnx"]["mrr@10"] > 0.3
+    assert gates.quality_failures(results) == []
+    worse = {"onnx": {"mrr@10": 0.70}, "int8": {"mrr@10": 0.68}}
+    assert gates.quality_failures(worse) == ["int8: mrr@10 0.6800 is 2.00 points below fp32 0.7000 (allowed 1.0)"]
+
+
+def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
+    """Over the threshold (2 GB in production, 0 here) the weights go to one '<file>.data' file."""
+    source = open_bundle(*exported_bundle).variant_path("onnx")
+    assert save_onnx(onnx.load(str(source)), tmp_path / "model.onnx", external_data_bytes=0) == [
+        "model.onnx", "model.onnx.data"]
+    assert (tmp_path / "model.onnx").stat().st_size < 1_000_000
+    tokenizer = open_bundle(*exported_bundle).tokenizer_path
+    external = OnnxEncoder(tmp_path / "model.onnx", tokenizer, 256, threads=2).encode(texts[:4])
+    inline = OnnxEncoder(source, tokenizer, 256, threads=2).encode(texts[:4])
+    np.testing.assert_array_equal(external, inline)
+
+
+def test_failed_gate_refuses_to_publish_and_force_records_it(minilm_path, tmp_path, monkeypatch):
+    from export.pipeline import export_model
+
+    registry = tmp_path / "registry"
+    monkeypatch.setitem(gates.PARITY_MIN, "onnx", 1.5)  # an impossible gate
+    with pytest.raises(ExportError, match=r"gate failed, not published .*onnx: mean cosine to PyTorch"):
+        export_model(str(minilm_path), registry, "strict", variants=["onnx"], max_seq_length=64,
+                     log=lambda message: None)
+    assert api.list_versions(registry, "strict") == []
+    assert [p.name for p in (registry / "strict").iterdir()] == []  # the staging folder was removed
+
+    path = export_model(str(minilm_path), registry, "strict", variants=["onnx"], max_seq_length=64, force=True,
+                        log=lambda message: None)
+    bundle = open_bundle(registry, "strict")
+    assert bundle.path == path and bundle.max_seq_length == 64 and bundle.variants == ("onnx",)
+    assert bundle.manifest["gate_failures_forced"][0].startswith("onnx: mean cosine")
+    assert sorted(p.name for p in path.iterdir() if p.suffix == ".onnx") == ["model.onnx"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--name", "../up"], "error: invalid bundle name '../up'"),
+        (["--name", "ok", "--eval_data", "missing.json"], "error: --eval_data: "),
+        (["--name", "ok", "--variants", "int8,bogus"], "error: --variants must include onnx"),
+    ],
+)
+def test_cli_user_errors_exit_1_with_one_line(tmp_path, minilm_path, arguments, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "--model_dir", str(minilm_path), "--registry", str(tmp_path), *arguments],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "ok").exists() or api.list_versions(tmp_path, "ok") == []
