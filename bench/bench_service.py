@@ -120,7 +120,7 @@ async def load(url: str, path: str, bodies: list[dict], clients: int, max_reques
     deadline = time.perf_counter() + max_seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         async def worker() -> None:
             nonlocal sent
             while sent < max_requests and time.perf_counter() < deadline:
@@ -182,8 +182,9 @@ def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, q
             for clients in (1, 4, 16, 64):
                 before = (metric_value(svc.url, "qaembed_batch_size_sum"),
                           metric_value(svc.url, "qaembed_batch_size_count"))
-                result = asyncio.run(load(svc.url, "/embed", bodies, clients, 4000 if mode == "single" else 300,
-                                          seconds, per))
+                # batches: one request per client at most (64 × 32 texts already fill the queue)
+                result = asyncio.run(load(svc.url, "/embed", bodies, clients,
+                                          4000 if mode == "single" else max(8, clients), seconds, per))
                 after = (metric_value(svc.url, "qaembed_batch_size_sum"),
                          metric_value(svc.url, "qaembed_batch_size_count"))
                 result["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 1)
@@ -310,7 +311,7 @@ def index_scale(base: np.ndarray, queries: np.ndarray, sizes: list[int], hnsw_ma
         km.max_points_per_centroid = 64
         km.train(vectors[np.random.default_rng(3).choice(n, min(n, nlist * 64), replace=False)], quantizer)
         coarse_s = time.perf_counter() - t0
-        for kind in ("ivf-flat", "ivf-sq8", "ivf-pq48"):
+        for kind in ("ivf-flat", "ivf-sq8", "ivf-pq96"):
             t0 = time.perf_counter()
             if kind == "ivf-flat":
                 index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -319,8 +320,8 @@ def index_scale(base: np.ndarray, queries: np.ndarray, sizes: list[int], hnsw_ma
                                                       faiss.METRIC_INNER_PRODUCT)
                 index.train(vectors[:50_000])
             else:
-                index = faiss.IndexIVFPQ(quantizer, dim, nlist, 48, 8, faiss.METRIC_INNER_PRODUCT)
-                index.train(vectors[:50_000])
+                index = faiss.IndexIVFPQ(quantizer, dim, nlist, 96, 8, faiss.METRIC_INNER_PRODUCT)
+                index.train(vectors[:20_000])
             index.add(vectors)
             build = time.perf_counter() - t0 + coarse_s
             for nprobe in (8, 32, 64):
@@ -347,11 +348,9 @@ def index_scale(base: np.ndarray, queries: np.ndarray, sizes: list[int], hnsw_ma
 
 
 # ------------------------------------------------------------------------------------------- report
-def write_report(results: dict, command: str) -> None:
-    lines = ["# Service benchmark", "",
-             f"Command: `{command}` ({results['machine']}). Texts: {results['texts']}.", ""]
+def embed_section(results: dict) -> list[str]:
     torch_tps = results["torch_baseline"]["texts_per_s"]
-    lines += ["## /embed over HTTP", "",
+    lines = ["## /embed over HTTP", "",
               f"Baseline in the same run: in-process `SentenceTransformer.encode(batch_size=32)` (torch, fp32) on "
               f"the same {results['torch_baseline']['texts']} questions: **{torch_tps} texts/s**. The service runs "
               f"the int8 ONNX variant; the load generator is this benchmark process (same 2 cores, loopback).", "",
@@ -360,6 +359,14 @@ def write_report(results: dict, command: str) -> None:
     for r in results["embed"]["levels"]:
         lines.append(f"| {r['mode']} | {r['clients']} | {r['texts_per_s']} | {r['texts_per_s'] / torch_tps:.2f} | "
                      f"{r['p50']} | {r['p95']} | {r['p99']} | {r['mean_batch']} | {r['errors'] or 0} |")
+    return lines
+
+
+def write_report(results: dict, command: str) -> None:
+    lines = ["# Service benchmark", "",
+             f"Command: `{command}` ({results['machine']}). Texts: {results['texts']}.", ""]
+    if "embed" in results:
+        lines += embed_section(results)
     s = results.get("search")
     if s:
         lines += ["", "## /search at 100k documents", "",
@@ -370,7 +377,15 @@ def write_report(results: dict, command: str) -> None:
                   f"{s['baseline_encode_search_ms']} ms → p99 / baseline = **{s['p99_over_baseline']}×** "
                   f"(goal ≤ 2×). Service RSS with 100k documents loaded: {s['rss_mb_loaded']} MB; "
                   f"**peak RSS {s['peak_rss_mb']} MB**."]
-    lines += ["", "## FAISS index types", "",
+    if results.get("index"):
+        lines += index_section(results)
+    lines += ["", "## Notes", ""] + [f"* {n}" for n in results.get("notes", [])]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def index_section(results: dict) -> list[str]:
+    lines = ["", "## FAISS index types", "",
               "Vectors: real passage embeddings (int8 MiniLM) plus Gaussian noise, unit length; queries: real "
               "question embeddings. Recall@10 against exact search; QPS with one search thread (as the service); "
               "size = serialized index.", "",
@@ -379,9 +394,7 @@ def write_report(results: dict, command: str) -> None:
         params = ", ".join(f"{k}={r[k]}" for k in ("nlist", "nprobe", "ef_search") if k in r)
         lines.append(f"| {r['n']:,} | {r['index']} | {params} | {r['build_s']} | {r['size_mb']} | {r['qps']} | "
                      f"{r['recall@10']} |")
-    lines += ["", "## Notes", ""] + [f"* {n}" for n in results.get("notes", [])]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
 
 
 def main() -> None:
@@ -391,6 +404,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="shorter levels, no 1M index sweep")
     p.add_argument("--passages", type=int, default=3000, help="real passages embedded as noise centres")
     p.add_argument("--hnsw_max", type=int, default=100_000, help="largest n for which HNSW is built")
+    p.add_argument("--only", choices=("embed", "search", "index"), action="append",
+                   help="run only these parts (repeatable); the report lists what ran")
     args = p.parse_args()
     command = "python bench/bench_service.py " + " ".join(sys.argv[1:])
     workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -409,16 +424,21 @@ def main() -> None:
     results: dict = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU" ,
                      "texts": f"{len(questions)} questions of tquad1.dev.jsonl; {len(passages)} unique passages",
                      "bundle": f"{bundle.name}/{bundle.version} (max_seq_length {bundle.max_seq_length})"}
-    results["torch_baseline"] = torch_baseline(questions, bundle.max_seq_length)
-    print("torch", results["torch_baseline"], flush=True)
-    results["embed"] = http_embed(args.registry, args.name, questions, workdir, args.quick)
+    parts = set(args.only or ("embed", "search", "index"))
+    if "embed" in parts:
+        results["torch_baseline"] = torch_baseline(questions, bundle.max_seq_length)
+        print("torch", results["torch_baseline"], flush=True)
+        results["embed"] = http_embed(args.registry, args.name, questions, workdir, args.quick)
     base, model = encode_passages(args.registry, args.name, passages, args.passages)
     qvec, _ = asyncio.run(model.embed(questions[:200], is_query=True))
     queries = np.ascontiguousarray(qvec.vectors)
-    results["search"] = search_at_100k(args.registry, args.name, passages, base, model, questions, workdir,
-                                       args.quick)
+    if "search" in parts:
+        results["search"] = search_at_100k(args.registry, args.name, passages, base, model, questions, workdir,
+                                           args.quick)
+    else:
+        model.close()
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
-    results["index"] = index_scale(base, queries, sizes, args.hnsw_max)
+    results["index"] = index_scale(base, queries, sizes, args.hnsw_max) if "index" in parts else []
     results["notes"] = [
         "Infinity (`infinity-emb`) is not installed in this environment (no new packages); not measured here.",
         f"HNSW is built only up to {args.hnsw_max:,} vectors (graph construction at 1M on 2 shared cores "
