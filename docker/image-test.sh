@@ -6,6 +6,8 @@
 #     the image HEALTHCHECK, and a clean SIGTERM shutdown;
 #  3. `podman kube play` of the rendered cpu overlay's serving Deployment + ConfigMap + PVC
 #     (registry volume pre-filled with the bundle) answers /ready.
+# IMAGE_TEST_STEPS="train serve kube" (default) picks steps; serve/kube alone reuse the registry
+# that the last train step left under $PODMAN_ROOT/image-test.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -21,7 +23,8 @@ t0=$(date +%s)
 step() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*" >&2; }
 cleanup() {
   podman rm -f -t 5 qaembed-serve-test >/dev/null 2>&1 || true
-  [ ! -f "$work/kube.yaml" ] || podman kube down "$work/kube.yaml" >/dev/null 2>&1 || true
+  [ ! -f "$work/kube-workload.yaml" ] || podman kube down "$work/kube-workload.yaml" >/dev/null 2>&1 || true
+  podman volume rm -f qaembed-registry >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 wait_ready() {  # url timeout_s
@@ -32,10 +35,13 @@ wait_ready() {  # url timeout_s
   done
 }
 
-rm -rf "$work"; mkdir -p "$work/registry" "$work/work"
-chown -R 10001:10001 "$work/registry" "$work/work"
+steps=" ${IMAGE_TEST_STEPS:-train serve kube} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 
 # 1 -- train image --------------------------------------------------------------------------
+if want train; then
+rm -rf "$work"; mkdir -p "$work/registry" "$work/work"
+chown -R 10001:10001 "$work/registry" "$work/work"
 step "train: $TRAIN_IMAGE on examples/example_qa_data.json"
 s=$(date +%s)
 podman run --rm --read-only --tmpfs /tmp \
@@ -47,8 +53,11 @@ podman run --rm --read-only --tmpfs /tmp \
 version_dir="$(tail -n 1 "$work/train.out")"
 test -f "$work/registry/qaembed/LATEST"
 step "train: published $version_dir in $(( $(date +%s) - s )) s"
+fi
+test -f "$work/registry/qaembed/LATEST" || { echo "image-test: no bundle under $work/registry" >&2; exit 1; }
 
 # 2 -- serve image --------------------------------------------------------------------------
+if want serve; then
 s=$(date +%s)
 podman run -d --name qaembed-serve-test --read-only --tmpfs /tmp -p "127.0.0.1:$SERVE_PORT:8000" \
   -v "$work/registry:/registry:ro" -v "$root/examples:/corpus:ro" \
@@ -74,21 +83,26 @@ podman rm qaembed-serve-test >/dev/null
 size=$(podman image inspect --format '{{.Size}}' "$SERVE_IMAGE")
 step "serve: image $(( size / 1000000 )) MB (target <= 600 MB)"
 [ "$size" -le 600000000 ] || [ "${SERVE_VARIANT:-cpu}" = gpu ] || { echo "image-test: serve image over 600 MB" >&2; exit 1; }
+fi
 
 # 3 -- podman kube play of the rendered serving Deployment ----------------------------------
+if want kube; then
 s=$(date +%s)
 "$KUBECTL" kustomize k8s/overlays/cpu > "$work/rendered.yaml"
-"$PY" "$here/kube-play-manifest.py" "$work/rendered.yaml" --image "$SERVE_IMAGE" --host-port "$KUBE_PORT" \
-  > "$work/kube.yaml"
+for part in pvc workload; do
+  "$PY" "$here/kube-play-manifest.py" "$work/rendered.yaml" --image "$SERVE_IMAGE" --host-port "$KUBE_PORT" \
+    --part "$part" > "$work/kube-$part.yaml"
+done
 podman volume rm -f qaembed-registry >/dev/null 2>&1 || true
-podman volume create qaembed-registry >/dev/null
+podman kube play "$work/kube-pvc.yaml"            # creates the volume of the registry PVC
 mnt="$(podman volume inspect --format '{{.Mountpoint}}' qaembed-registry)"
 cp -a "$work/registry/." "$mnt/"
 chown -R 10001:10001 "$mnt"
-podman kube play "$work/kube.yaml"
+podman kube play "$work/kube-workload.yaml"       # ConfigMap + Deployment
 wait_ready "http://127.0.0.1:$KUBE_PORT/ready" 240 || { podman pod logs "$(podman pod ps -q | head -n1)" | tail -n 40 >&2; exit 1; }
 curl -fsS "http://127.0.0.1:$KUBE_PORT/info" | head -c 400; echo
 step "kube play: Deployment ready in $(( $(date +%s) - s )) s"
-podman kube down "$work/kube.yaml" >/dev/null
+podman kube down "$work/kube-workload.yaml" >/dev/null
 podman volume rm -f qaembed-registry >/dev/null
-step "all image tests passed"
+fi
+step "image tests passed:$steps"

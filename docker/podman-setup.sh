@@ -10,9 +10,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for pkg_cmd in podman:podman buildah:buildah runc:runc fuse-overlayfs:fuse-overlayfs \
-               slirp4netns:slirp4netns uidmap:newuidmap debootstrap:debootstrap tini:tini; do
-  command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
+for pkg in podman buildah runc fuse-overlayfs slirp4netns uidmap debootstrap tini catatonit; do
+  dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "podman-setup: installing ${need[*]}" >&2
