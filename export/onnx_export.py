@@ -61,7 +61,7 @@ def model_facts(model: SentenceTransformer, model_dir: str) -> dict:
         "source_model": str(model_dir),
         "base_model": training.get("config", {}).get("model_name") or str(model_dir),
         "training_data_sha256": training.get("data", {}).get("sha256"),
-        "dimension": model.get_sentence_embedding_dimension(),
+        "dimension": model.get_embedding_dimension(),
         "pooling": _pooling_mode(pooling),
         # The graph always normalises; this says whether the source model did too.
         "normalize": True,

