@@ -189,8 +189,10 @@ def new_staging_dir(registry: str | Path, name: str) -> Path:
     return staging
 
 
-def publish(staging: str | Path, facts: dict) -> Path:
+def publish(staging: str | Path, facts: dict, promote: bool = True) -> Path:
     """Publish the files in ``staging`` (from :func:`new_staging_dir`) as the next version; returns its folder.
+
+    ``promote=False`` publishes the version without moving ``LATEST`` (a candidate awaiting a gate).
 
     ``facts`` becomes the manifest, completed with name, version, created_at and the checksums. It must
     name the ``variants`` (``{variant: {"file": ...}}``) and the ``tokenizer`` file.
@@ -221,7 +223,8 @@ def publish(staging: str | Path, facts: dict) -> Path:
         final = staging.parent / version
         os.rename(staging, final)
         _fsync_dir(staging.parent)
-        _point_latest(staging.parent, version)
+        if promote:
+            _point_latest(staging.parent, version)
     return final
 
 

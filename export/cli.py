@@ -26,12 +26,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from export import bundle as registry_api
 from export.bundle import BundleError
 from export.errors import ExportError
 
 COMMANDS = ("list", "show", "verify", "promote", "rollback")
+RETRAIN = "retrain"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             return _manage(argv)
+        if argv and argv[0] == RETRAIN:
+            return _retrain(argv[1:])
         return _publish(argv)
-    except (BundleError, ExportError) as error:
+    except (BundleError, ExportError, ValueError) as error:  # user errors: bad data, names, models
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -120,6 +124,41 @@ def _manage(argv: list[str]) -> int:
     else:
         target = registry_api.previous_version(args.registry, args.name)
         print(registry_api.set_latest(args.registry, args.name, target).path)
+    return 0
+
+
+def _retrain(argv: list[str]) -> int:
+    from export.retrain import RetrainConfig, retrain  # torch: only for a retrain
+
+    parser = argparse.ArgumentParser(
+        prog="python -m export retrain",
+        description="Train a candidate on data + feedback, export it, and promote it only if it passes the gate.",
+    )
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--data", nargs="+", required=True, help="training data files (the original Q&A data)")
+    parser.add_argument("--feedback", nargs="*", default=[], help="feedback exported in the training formats")
+    parser.add_argument("--eval_data", nargs="+", required=True, help="the fixed evaluation set of the gate")
+    parser.add_argument("--from", dest="start", choices=("current", "base"), default="current",
+                        help="continue from the published model's weights, or start over from the base model")
+    parser.add_argument("--base_model", help="base model (default: the published bundle's)")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="MRR@10 the candidate may lose against the current model and still be promoted")
+    parser.add_argument("--variant", default="int8", help="variant the gate evaluates (what the service serves)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--warmup_steps", type=int, default=10)
+    parser.add_argument("--max_seq_length", type=int)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--report", help="also write the decision report (JSON) here")
+    args = vars(parser.parse_args(argv))
+    report_path = args.pop("report")
+    report = retrain(RetrainConfig(**args))
+    if report_path:
+        Path(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # A rejection is a normal outcome (exit 0): the report says what was decided and why.
+    print(registry_api.open_bundle(args["registry"], args["name"], report["candidate"]).path)
     return 0
 
 

@@ -51,6 +51,7 @@ def export_model(
     include_torch: bool = False,
     force: bool = False,
     threads: int | None = None,
+    promote: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export, gate and publish; returns the new version folder. Raises :class:`ExportError` when a
@@ -77,7 +78,7 @@ def export_model(
         for helper in set(FILES) - set(variants):
             for file in staging.glob(FILES[helper] + "*"):
                 file.unlink()
-        return registry_api.publish(staging, facts)
+        return registry_api.publish(staging, facts, promote=promote)
     finally:
         registry_api.discard_staging(staging)  # a no-op once published (the folder was renamed)
 

@@ -1,0 +1,203 @@
+"""Retraining with a promotion gate: what the retraining CronJob runs.
+
+    data + feedback ──► train (from the current model or the base) ──► export a candidate bundle
+        ──► evaluate candidate and current on the same fixed evaluation set (the served variant)
+        ──► promote (move LATEST) only if MRR@10 is not worse than current by more than --tolerance;
+            otherwise the candidate stays an unpromoted, rejected version with its report.
+
+Every decision is written to ``<registry>/<name>/reports/<version>.json`` (and ``--report``) and logged.
+The fixed evaluation set is never trained on: records whose passage appears in it are removed
+from the training data (and from negatives), so the gate compares models on unseen passages.
+
+Example::
+
+    python -m export retrain --registry registry --name qa --data faq.json --feedback feedback.jsonl \\
+        --eval_data fixed_eval.jsonl --tolerance 0.01
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from export import bundle as registry_api
+from export.errors import ExportError
+from export.runtime import OnnxEncoder
+from training.data import DataError, QAData, QARecord, load_qa_data
+from training.metrics import RetrievalTask, evaluate
+
+REPORTS = "reports"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    registry: str
+    name: str
+    data: Sequence[str]
+    eval_data: Sequence[str]
+    feedback: Sequence[str] = ()
+    start: str = "current"  # "current": continue from the published model's weights; "base": start over
+    base_model: str | None = None  # default: the published bundle's base model
+    tolerance: float = 0.01  # MRR@10 the candidate may lose against the current model and still be promoted
+    variant: str = "int8"  # the variant the gate evaluates: what the service serves
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    warmup_steps: int = 10
+    max_seq_length: int | None = None
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+
+def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the pipeline; returns the decision report (also written under the registry)."""
+    from export.pipeline import export_model
+    from training.pipeline import RunConfig, train
+
+    current = _current_bundle(config)
+    eval_records = _load(config.eval_data, "--eval_data")
+    eval_passages = {r.positive for r in eval_records}
+    data = _load_data(config.data, config.feedback)
+    train_records, excluded = _exclude_passages(data.records, eval_passages)
+    if not train_records:
+        raise ExportError("no training data left once the evaluation passages are excluded")
+    log(f"training data: {len(train_records)} pairs ({len(data.records)} loaded, {excluded} on evaluation "
+        f"passages excluded, {data.duplicates_dropped} duplicates dropped)")
+
+    start_model, facts = _start_model(config, current)
+    log(f"starting from {start_model}")
+    with tempfile.TemporaryDirectory(prefix="qaembed-retrain-") as work:
+        model_dir = Path(work) / "model"
+        run = RunConfig(
+            preset="retrain", model_name=start_model, output_dir=str(model_dir), epochs=config.epochs,
+            batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+            max_seq_length=config.max_seq_length or facts["max_seq_length"], train_split=0.9, hard_negatives=True,
+            num_negatives=3, pooling_mode=facts["pooling"], query_instruction=facts["query_prompt"], loss="mnrl",
+            mini_batch_size=32, seed=config.seed, negatives_range_min=0, negatives_range_max=100,
+            negatives_margin=0.05,
+        )
+        train(run, QAData(tuple(train_records), data.duplicates_dropped, data.sources), log=log)
+        candidate_dir = export_model(str(model_dir), config.registry, config.name, eval_data=config.eval_data,
+                                     include_torch=True, promote=current is None, log=log)
+    candidate = registry_api.open_bundle(config.registry, config.name, candidate_dir.name)
+
+    task = RetrievalTask.from_records(eval_records)
+    scores = {"candidate": _score(candidate, config.variant, task)}
+    if current is not None:
+        scores["current"] = _score(current, config.variant, task)
+    decision = _decide(scores, config.tolerance)
+    if decision["promoted"] and current is not None:
+        registry_api.set_latest(config.registry, config.name, candidate.version)
+    report = {
+        "name": config.name,
+        "candidate": candidate.version,
+        "current": current.version if current else None,
+        "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **decision,
+        "metrics": scores,
+        "variant": config.variant,
+        "eval_data": list(config.eval_data),
+        "training": {"pairs": len(train_records), "excluded_eval_passage_pairs": excluded,
+                     "sources": list(data.sources), "started_from": start_model},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("extra",)},
+    }
+    path = write_report(config.registry, config.name, report)
+    log(f"{'PROMOTED' if decision['promoted'] else 'REJECTED'} {candidate.version}: {decision['reason']} "
+        f"(report: {path})")
+    return report
+
+
+def write_report(registry: str | Path, name: str, report: dict) -> Path:
+    folder = Path(registry) / registry_api.validate_name(name) / REPORTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{registry_api.validate_version(report['candidate'])}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _decide(scores: dict, tolerance: float) -> dict:
+    candidate = scores["candidate"]["mrr@10"]
+    if "current" not in scores:
+        return {"promoted": True, "reason": "first version: nothing to compare against"}
+    current = scores["current"]["mrr@10"]
+    delta = round(candidate - current, 6)
+    if delta >= -tolerance:
+        return {"promoted": True, "delta_mrr@10": delta,
+                "reason": f"MRR@10 {candidate:.4f} vs current {current:.4f} (Δ {delta:+.4f} ≥ -{tolerance})"}
+    return {"promoted": False, "delta_mrr@10": delta,
+            "reason": f"MRR@10 {candidate:.4f} is worse than current {current:.4f} by more than {tolerance}"}
+
+
+def _score(bundle: registry_api.Bundle, variant: str, task: RetrievalTask) -> dict:
+    if variant not in bundle.variants:
+        variant = "onnx"
+    queries = OnnxEncoder.from_bundle(bundle, variant, prompt=bundle.query_prompt)
+    passages = OnnxEncoder.from_bundle(bundle, variant)
+    return evaluate(task, queries.encode, passages.encode)
+
+
+def _current_bundle(config: RetrainConfig) -> registry_api.Bundle | None:
+    try:
+        registry_api.latest_version(config.registry, config.name)
+    except registry_api.BundleError:
+        return None  # nothing published yet: the candidate becomes the first version
+    return registry_api.open_bundle(config.registry, config.name)
+
+
+def _start_model(config: RetrainConfig, current) -> tuple[str, dict]:
+    """The model to train from, and the pooling/prompt/length facts to train it with."""
+    if current is None:
+        if not config.base_model:
+            raise ExportError("nothing is published yet: give --base_model to train the first version")
+        from training.models import load_model
+
+        model = load_model(config.base_model)
+        facts = {"pooling": _pooling_of(model), "query_prompt": model.prompts.get("query", ""),
+                 "max_seq_length": model.max_seq_length}
+        return config.base_model, facts
+    facts = {k: current.manifest[k] for k in ("pooling", "query_prompt", "max_seq_length")}
+    torch_dir = current.manifest.get("torch")
+    if config.start == "current":
+        if not torch_dir:
+            raise ExportError(f"{current.name} {current.version} has no PyTorch weights to continue from; "
+                              "use --from base")
+        return str(current.path / torch_dir), facts
+    return config.base_model or current.manifest["base_model"], facts
+
+
+def _pooling_of(model) -> str:
+    from export.onnx_export import model_facts
+
+    return model_facts(model, "")["pooling"]
+
+
+def _exclude_passages(records: Sequence[QARecord], passages: set[str]) -> tuple[list[QARecord], int]:
+    kept = []
+    for record in records:
+        if record.positive in passages:
+            continue
+        negatives = tuple(n for n in record.negatives if n not in passages)
+        kept.append(QARecord(record.question, record.positive, negatives, record.origin))
+    return kept, len(records) - len(kept)
+
+
+def _load_data(data: Sequence[str], feedback: Sequence[str]) -> QAData:
+    try:
+        return load_qa_data([*data, *feedback])
+    except DataError as error:
+        raise ExportError(str(error)) from None
+
+
+def _load(paths: Sequence[str], flag: str) -> tuple[QARecord, ...]:
+    if not paths:
+        raise ExportError(f"{flag} is required: the promotion gate compares models on a fixed evaluation set")
+    try:
+        return load_qa_data(list(paths)).records
+    except DataError as error:
+        raise ExportError(f"{flag}: {error}") from None
