@@ -59,10 +59,13 @@ class ReloadBusy(ServiceError):
 class Generation:
     """A model and the collection embedded with it, plus the single thread that touches the index."""
 
-    def __init__(self, model: EmbeddingModel, collection: Collection) -> None:
+    def __init__(self, model: EmbeddingModel, collection: Collection, search_threads: int = 1) -> None:
         self.model = model
         self.collection = collection
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{model.spec.version}")
+        # OpenMP's thread count is per calling thread: set it in the index thread itself (left at the
+        # default, FAISS spins up a team per search that fights inference for the cores).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{model.spec.version}",
+                                            initializer=faiss.omp_set_num_threads, initargs=(search_threads,))
         self.users = 0
         self.retired = False
         self.closed = False
@@ -193,7 +196,7 @@ class Engine:
                      time.perf_counter() - t0)
         collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
                                              model.spec.version, docs, vectors)
-        self.gen = Generation(model, collection)
+        self.gen = Generation(model, collection, self.settings.index_threads)
         self._publish_model()
         if self.store is not None:
             self.store.open_log()
@@ -365,7 +368,7 @@ class Engine:
                                              progress=lambda n: status.__setitem__("done", n))
             collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
                                                  model.spec.version, docs, vectors)
-            new = Generation(model, collection)
+            new = Generation(model, collection, self.settings.index_threads)
             status["state"] = "swapping"
             async with self._write_lock:
                 pending, self._pending = self._pending, None

@@ -48,9 +48,9 @@ EXACT_FILTER_MAX = 20_000  # filtered searches over at most this many candidates
 @dataclass(frozen=True)
 class IndexConfig:
     kind: str = "auto"
-    flat_max: int = 200_000
+    flat_max: int = 100_000
     nlist: int = 0
-    nprobe: int = 32
+    nprobe: int = 64
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 64
@@ -75,7 +75,7 @@ class IndexConfig:
         return kind
 
     def lists(self, n: int) -> int:
-        nlist = self.nlist or int(4 * math.sqrt(max(n, 1)))
+        nlist = self.nlist or int(math.sqrt(max(n, 1)))
         return max(1, min(nlist, n // 8 if n >= 8 else 1))
 
 

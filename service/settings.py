@@ -72,9 +72,9 @@ class Settings:
     max_top_k: int = 100
     # index
     index: str = "auto"
-    flat_max: int = 200_000  # auto: exact search up to this many documents
-    nlist: int = 0  # 0 → about 4·sqrt(n)
-    nprobe: int = 32
+    flat_max: int = 100_000  # auto: exact search up to this many documents, IVF-SQ8 above
+    nlist: int = 0  # 0 → about sqrt(n)
+    nprobe: int = 64
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 64

@@ -22,7 +22,7 @@ import uvicorn
 from service.app import create_app
 from service.backends.base import Backend
 from service.metrics import ServiceMetrics
-from service.model import EmbeddingModel, load_model
+from service.model import EmbeddingModel, load_model, spec_from_bundle
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +185,27 @@ def test_fp32_pipeline_matches_sentence_transformers(service_bundle, reference_e
         expected = reference_encoder.encode(texts, normalize_embeddings=True)
         assert (got * expected).sum(axis=1).min() > 0.999
         assert model.info()["variant"] == "onnx"
+    finally:
+        model.close()
+
+
+def test_torch_backend_behind_the_same_interface(service_bundle, minilm_path, reference_encoder):
+    import dataclasses
+
+    settings = settings_for(service_bundle, backend="torch", warmup=False)
+    spec = dataclasses.replace(spec_from_bundle(settings), torch_model=minilm_path)
+    model = load_model(settings, None, spec=spec)
+    try:
+        texts = ["Python nedir?", "Ankara Türkiye'nin başkentidir."]
+
+        async def run():
+            return (await model.embed(texts))[0].vectors
+
+        got = asyncio.run(run())
+        reference_encoder.max_seq_length = spec.max_seq_length
+        expected = reference_encoder.encode(texts, normalize_embeddings=True)
+        assert (got * expected).sum(axis=1).min() > 0.999
+        assert model.info()["backend"] == "torch" and model.info()["variant"] == "fp32"
     finally:
         model.close()
 
