@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,23 +102,41 @@ def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
     np.testing.assert_array_equal(external, inline)
 
 
+def _training_output(minilm_path: Path, folder: Path) -> Path:
+    """A folder shaped like ``python -m training`` output: the MiniLM files, prompts and metrics.json."""
+    folder.mkdir()
+    for item in minilm_path.iterdir():
+        if item.name != "config_sentence_transformers.json":
+            (folder / item.name).symlink_to(item)
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "document": ""}, "default_prompt_name": None}))
+    (folder / "metrics.json").write_text(json.dumps(
+        {"data": {"sha256": "ab" * 32}, "config": {"model_name": "sentence-transformers/all-MiniLM-L6-v2"}}))
+    return folder
+
+
 def test_failed_gate_refuses_to_publish_and_force_records_it(minilm_path, tmp_path, monkeypatch):
     from export.pipeline import export_model
 
+    model_dir = _training_output(minilm_path, tmp_path / "trained")
     registry = tmp_path / "registry"
     monkeypatch.setitem(gates.PARITY_MIN, "onnx", 1.5)  # an impossible gate
     with pytest.raises(ExportError, match=r"gate failed, not published .*onnx: mean cosine to PyTorch"):
-        export_model(str(minilm_path), registry, "strict", variants=["onnx"], max_seq_length=64,
+        export_model(str(model_dir), registry, "strict", variants=["onnx"], max_seq_length=64,
                      log=lambda message: None)
     assert api.list_versions(registry, "strict") == []
     assert [p.name for p in (registry / "strict").iterdir()] == []  # the staging folder was removed
 
-    path = export_model(str(minilm_path), registry, "strict", variants=["onnx"], max_seq_length=64, force=True,
+    path = export_model(str(model_dir), registry, "strict", variants=["onnx"], max_seq_length=64, force=True,
                         log=lambda message: None)
     bundle = open_bundle(registry, "strict")
     assert bundle.path == path and bundle.max_seq_length == 64 and bundle.variants == ("onnx",)
     assert bundle.manifest["gate_failures_forced"][0].startswith("onnx: mean cosine")
     assert sorted(p.name for p in path.iterdir() if p.suffix == ".onnx") == ["model.onnx"]
+    # Carried over from the training output:
+    assert bundle.query_prompt == "query: "
+    assert bundle.manifest["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert bundle.manifest["training_data_sha256"] == "ab" * 32
 
 
 @pytest.mark.parametrize(
