@@ -36,8 +36,9 @@ OPSET = 17
 
 
 def load_model(model_dir: str, max_seq_length: int | None = None) -> SentenceTransformer:
-    """Load on CPU with eager attention: onnxruntime's transformer optimiser fuses the eager attention
-    subgraph into its ``Attention`` kernel, it does not recognise the traced SDPA one."""
+    """Load on CPU with eager attention: its traced MatMul/Softmax subgraph is the pattern onnxruntime's
+    Attention fusion matches (the SDPA trace happens to fuse too with torch 2.13, but that depends on how
+    each torch version decomposes SDPA)."""
     try:
         model = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"})
     except Exception as error:  # missing folder, no hub access, broken config: one message for the user
