@@ -219,9 +219,7 @@ def test_dashboard_and_provisioning_are_shipped_in_configmaps() -> None:
     assert dash_cm["options"]["labels"]["grafana_dashboard"] == "1"
     provisioning = yaml.safe_load((MON / "grafana" / "dashboards.yaml").read_text())
     assert provisioning["providers"][0]["options"]["path"].startswith("/var/lib/grafana/dashboards")
-    kubectl = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
-    if not os.access(kubectl, os.X_OK):
-        kubectl = tool("kubectl")
+    kubectl = tool("kubectl")
     for overlay in ("cpu", "gpu"):
         out = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
                              capture_output=True, text=True, timeout=60)
