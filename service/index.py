@@ -48,7 +48,7 @@ EXACT_FILTER_MAX = 20_000  # filtered searches over at most this many candidates
 @dataclass(frozen=True)
 class IndexConfig:
     kind: str = "auto"
-    flat_max: int = 100_000
+    flat_max: int = 50_000
     nlist: int = 0
     nprobe: int = 64
     hnsw_m: int = 32

@@ -72,7 +72,7 @@ class Settings:
     max_top_k: int = 100
     # index
     index: str = "auto"
-    flat_max: int = 100_000  # auto: exact search up to this many documents, IVF-SQ8 above
+    flat_max: int = 50_000  # auto: exact search up to this many documents, IVF-SQ8 above
     nlist: int = 0  # 0 → about sqrt(n)
     nprobe: int = 64
     hnsw_m: int = 32
