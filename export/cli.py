@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == RETRAIN:
             return _retrain(argv[1:])
         return _publish(argv)
-    except (BundleError, ExportError, ValueError) as error:  # user errors: bad data, names, models
+    except (BundleError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -144,6 +144,7 @@ def _retrain(argv: list[str]) -> int:
     parser.add_argument("--base_model", help="base model (default: the published bundle's)")
     parser.add_argument("--tolerance", type=float, default=0.01,
                         help="MRR@10 the candidate may lose against the current model and still be promoted")
+    parser.add_argument("--variants", default="onnx,onnx-optimized,int8", help="variants to export")
     parser.add_argument("--variant", default="int8", help="variant the gate evaluates (what the service serves)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -154,6 +155,7 @@ def _retrain(argv: list[str]) -> int:
     parser.add_argument("--report", help="also write the decision report (JSON) here")
     args = vars(parser.parse_args(argv))
     report_path = args.pop("report")
+    args["variants"] = tuple(args["variants"].split(","))
     report = retrain(RetrainConfig(**args))
     if report_path:
         Path(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +43,7 @@ class RetrainConfig:
     start: str = "current"  # "current": continue from the published model's weights; "base": start over
     base_model: str | None = None  # default: the published bundle's base model
     tolerance: float = 0.01  # MRR@10 the candidate may lose against the current model and still be promoted
+    variants: Sequence[str] = ("onnx", "onnx-optimized", "int8")  # exported
     variant: str = "int8"  # the variant the gate evaluates: what the service serves
     epochs: int = 3
     batch_size: int = 16
@@ -50,7 +51,6 @@ class RetrainConfig:
     warmup_steps: int = 10
     max_seq_length: int | None = None
     seed: int = 42
-    extra: dict = field(default_factory=dict)
 
 
 def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -81,11 +81,14 @@ def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
             negatives_margin=0.05,
         )
         train(run, QAData(tuple(train_records), data.duplicates_dropped, data.sources), log=log)
-        candidate_dir = export_model(str(model_dir), config.registry, config.name, eval_data=config.eval_data,
-                                     include_torch=True, promote=current is None, log=log)
+        candidate_dir = export_model(str(model_dir), config.registry, config.name, variants=config.variants,
+                                     eval_data=config.eval_data, include_torch=True, promote=current is None,
+                                     log=log)
     candidate = registry_api.open_bundle(config.registry, config.name, candidate_dir.name)
 
     task = RetrievalTask.from_records(eval_records)
+    if config.variant not in candidate.variants or (current and config.variant not in current.variants):
+        raise ExportError(f"--variant {config.variant} is not in both bundles; choose one of {candidate.variants}")
     scores = {"candidate": _score(candidate, config.variant, task)}
     if current is not None:
         scores["current"] = _score(current, config.variant, task)
@@ -103,7 +106,7 @@ def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
         "eval_data": list(config.eval_data),
         "training": {"pairs": len(train_records), "excluded_eval_passage_pairs": excluded,
                      "sources": list(data.sources), "started_from": start_model},
-        "config": {k: v for k, v in asdict(config).items() if k not in ("extra",)},
+        "config": asdict(config),
     }
     path = write_report(config.registry, config.name, report)
     log(f"{'PROMOTED' if decision['promoted'] else 'REJECTED'} {candidate.version}: {decision['reason']} "
@@ -135,8 +138,6 @@ def _decide(scores: dict, tolerance: float) -> dict:
 
 
 def _score(bundle: registry_api.Bundle, variant: str, task: RetrievalTask) -> dict:
-    if variant not in bundle.variants:
-        variant = "onnx"
     queries = OnnxEncoder.from_bundle(bundle, variant, prompt=bundle.query_prompt)
     passages = OnnxEncoder.from_bundle(bundle, variant)
     return evaluate(task, queries.encode, passages.encode)
@@ -155,9 +156,12 @@ def _start_model(config: RetrainConfig, current) -> tuple[str, dict]:
     if current is None:
         if not config.base_model:
             raise ExportError("nothing is published yet: give --base_model to train the first version")
-        from training.models import load_model
+        from training.models import ModelLoadError, load_model
 
-        model = load_model(config.base_model)
+        try:
+            model = load_model(config.base_model)
+        except ModelLoadError as error:
+            raise ExportError(str(error)) from None
         facts = {"pooling": _pooling_of(model), "query_prompt": model.prompts.get("query", ""),
                  "max_seq_length": model.max_seq_length}
         return config.base_model, facts

@@ -1,0 +1,91 @@
+"""`python -m export retrain`: the promotion gate promotes a fair candidate, rejects a worse one,
+and rollback returns to the previous version. Real training, real export, real ONNX evaluation."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from export import bundle as registry_api
+from export.cli import main as export_cli
+from tests.conftest import EXAMPLES
+from training.data import load_qa_data
+from training.split import split_by_passage
+
+# The int8 variant's own gate is tested in test_export.py; here fp32 keeps the test fast and exact.
+FAST = ["--epochs", "1", "--max_seq_length", "48", "--batch_size", "16", "--variants", "onnx", "--variant", "onnx"]
+
+
+def write_jsonl(path, records):
+    with open(path, "w", encoding="utf-8") as out:
+        for question, answer in records:
+            out.write(json.dumps({"question": question, "answer": answer}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """v0001 trained from the base model on the example data; a fixed evaluation set held out."""
+    root = tmp_path_factory.mktemp("retrain")
+    records = load_qa_data([EXAMPLES / "example_qa_data.json"]).records
+    split = split_by_passage(records, 0.75, seed=3)
+    eval_file = write_jsonl(root / "fixed_eval.jsonl", [(r.question, r.positive) for r in split.eval])
+    reg = root / "registry"
+    code = export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data",
+                       str(EXAMPLES / "example_qa_data.json"), "--eval_data", eval_file,
+                       "--base_model", "sentence-transformers/all-MiniLM-L6-v2", *FAST])
+    assert code == 0
+    return reg, eval_file, split
+
+
+def report(reg, version):
+    return json.loads((reg / "qa" / "reports" / f"{version}.json").read_text())
+
+
+def test_first_version_is_published_and_never_trained_on_eval_passages(registry):
+    reg, _, split = registry
+    assert registry_api.latest_version(reg, "qa") == "v0001"
+    first = report(reg, "v0001")
+    assert first["promoted"] and first["current"] is None
+    assert first["training"]["excluded_eval_passage_pairs"] == len(split.eval)
+    assert registry_api.open_bundle(reg, "qa").manifest["torch"]  # weights to continue from
+
+
+def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_works(registry, tmp_path):
+    reg, eval_file, split = registry
+    # Feedback: users' own wordings of questions about training passages.
+    feedback = write_jsonl(tmp_path / "feedback.jsonl",
+                           [(f"Şunu merak ediyorum: {r.question}", r.positive) for r in split.train[:20]])
+    assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data",
+                       str(EXAMPLES / "example_qa_data.json"), "--feedback", feedback, "--eval_data", eval_file,
+                       "--tolerance", "0.02", *FAST]) == 0
+    second = report(reg, "v0002")
+    assert second["promoted"] and second["current"] == "v0001"
+    assert second["training"]["started_from"].endswith("v0001/torch")
+    assert registry_api.latest_version(reg, "qa") == "v0002"
+
+    # A deliberately worse candidate: every question paired with a wrong (shuffled) answer, trained hard.
+    train = list(split.train)
+    answers = [r.positive for r in train]
+    random.Random(0).shuffle(answers)
+    shuffled = write_jsonl(tmp_path / "shuffled.jsonl", [(r.question, a) for r, a in zip(train, answers)])
+    assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data", shuffled,
+                       "--eval_data", eval_file, "--from", "current", "--epochs", "4", "--learning_rate", "3e-4",
+                       "--warmup_steps", "0", "--max_seq_length", "48", "--tolerance", "0.01",
+                       "--variants", "onnx", "--variant", "onnx"]) == 0
+    third = report(reg, "v0003")
+    assert not third["promoted"], third["reason"]
+    assert third["metrics"]["candidate"]["mrr@10"] < third["metrics"]["current"]["mrr@10"] - 0.01
+    assert registry_api.latest_version(reg, "qa") == "v0002"  # the service stays on v0002
+
+    assert export_cli(["rollback", "--registry", str(reg), "--name", "qa"]) == 0
+    assert registry_api.latest_version(reg, "qa") == "v0001"
+
+
+def test_retrain_without_eval_data_or_base_is_a_clear_error(tmp_path, capsys):
+    code = export_cli(["retrain", "--registry", str(tmp_path), "--name", "qa", "--data",
+                       str(EXAMPLES / "example_qa_data.json"), "--eval_data", str(tmp_path / "missing.jsonl")])
+    assert code == 1
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
