@@ -1,5 +1,8 @@
 """``python -m service --registry DIR --name NAME [--version V] [--data_dir DIR] [--corpus FILE] ...``
 
+``python -m service export-feedback --data_dir DIR --out feedback.jsonl`` writes the collected
+feedback as training data instead (no server needed; see :mod:`service.feedback`).
+
 Runs uvicorn on the app. SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
 (up to 30 s), then snapshot/flush the write-ahead log and exit 0. Exit 2 for bad settings, 1 when
 the model cannot be loaded.
@@ -17,6 +20,11 @@ from .settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export-feedback"]:
+        from .feedback import main as export_feedback
+
+        return export_feedback(argv[1:])
     try:
         settings = Settings.from_sources(argv)
         settings.require_model()

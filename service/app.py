@@ -2,7 +2,8 @@
 
 Routes (OpenAPI at ``/docs``): ``POST /embed`` (Hugging Face TEI shape), ``POST /v1/embeddings``
 (OpenAI shape), ``POST /search``, ``POST /documents``, ``GET|DELETE /documents/{id}``, ``GET /health``,
-``GET /ready``, ``GET /info``, ``GET /metrics``, ``POST|GET /admin/reload``.
+``GET /ready``, ``GET /info``, ``GET /metrics``, ``POST|GET /admin/reload``, ``POST /feedback``,
+``GET /feedback/export`` (admin).
 
 The model loads in the background after the server starts: ``/health`` answers at once, ``/ready``
 and the data routes answer 503 until the model is warmed up and the index loaded.
@@ -32,6 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Match
 
+from . import feedback as feedback_records
 from .auth import KeyChecker
 from .engine import DocIn, Engine, ModelLoader
 from .errors import ClientGone, TooLarge, Unprocessable, error_body, install_error_handlers
@@ -83,6 +85,15 @@ class DocumentIn(_Model):
 
 class DocumentsRequest(_Model):
     documents: list[DocumentIn]
+
+
+class FeedbackRequest(_Model):
+    """The answer a user chose (or rejected, ``label: negative``) for a query, and what was shown."""
+
+    query: str
+    document_id: str = Field(min_length=1, max_length=256)
+    shown_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
+    label: Literal["positive", "negative"] = "positive"
 
 
 class ReloadRequest(_Model):
@@ -332,6 +343,22 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     async def delete_document(doc_id: str) -> Response:
         await engine.delete(doc_id)
         return _json({"id": doc_id, "deleted": True})
+
+    # ------------------------------------------------------------------ feedback
+    @app.post("/feedback", summary="Record which document answered a query (durable when acknowledged)")
+    async def post_feedback(req: FeedbackRequest) -> Response:
+        _check_texts([req.query], settings, "query")
+        _check_json_safe([req.document_id, req.shown_ids], "ids")
+        if len(req.shown_ids) > settings.max_inputs:
+            raise TooLarge(f"{len(req.shown_ids)} shown_ids, at most {settings.max_inputs} per request")
+        shown = await engine.add_feedback(req.query, req.document_id, req.shown_ids, req.label)
+        return _json({"stored": True, "label": req.label, "document_id": req.document_id, "shown": shown})
+
+    @app.get("/feedback/export", summary="Collected feedback as training data (JSONL; admin key)")
+    async def export_feedback() -> Response:
+        rows, stats = feedback_records.to_training(await engine.feedback())
+        return Response(feedback_records.to_jsonl(rows), media_type="application/x-ndjson",
+                        headers={f"x-feedback-{k.replace('_', '-')}": str(v) for k, v in stats.items()})
 
     # ------------------------------------------------------------------ operations
     @app.get("/health", summary="Liveness")

@@ -2,8 +2,8 @@
 
 * No keys configured: everything is open (local development).
 * ``api_key`` set: every data route needs ``Authorization: Bearer <key>`` (an admin key works too).
-* ``admin_api_key`` set: ``/admin/*`` needs it; if only ``api_key`` is set, admin routes are
-  refused (403) rather than silently guarded by the weaker data key.
+* ``admin_api_key`` set: ``/admin/*`` and ``GET /feedback/export`` (users' queries) need it; if
+  only ``api_key`` is set, admin routes are refused (403) rather than silently guarded by the weaker data key.
 * Open routes: ``/health``, ``/ready``, ``/metrics`` (probes and scrapers carry no secrets),
   and the OpenAPI docs.
 
@@ -29,6 +29,7 @@ from .errors import Forbidden, ServiceError, Unauthorized
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
                         "/openapi.json"})
+ADMIN_PATHS = frozenset({"/feedback/export"})  # admin routes outside /admin/
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -55,7 +56,7 @@ class KeyChecker:
         if path in OPEN_PATHS or not self.enabled:
             return None
         token = _bearer(authorization)
-        admin_route = path == "/admin" or path.startswith("/admin/")
+        admin_route = path == "/admin" or path.startswith("/admin/") or path in ADMIN_PATHS
         if admin_route:
             if not self._admin:
                 return Forbidden("admin routes are disabled: set QAEMBED_ADMIN_API_KEY")

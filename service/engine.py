@@ -7,8 +7,13 @@ complete new generation (re-embedding every document with the new model) while t
 serving, catches up on writes made meanwhile, then swaps the reference; the old generation is
 closed when its last request finishes.
 
-Writes (upsert/delete) are serialised by one lock: embed → append to the WAL + fsync → apply to
-the collection → acknowledge.
+Writes (upsert/delete/feedback) are serialised by one lock: embed → append to the WAL + fsync →
+apply to the collection → acknowledge.
+
+With ``--reload_interval`` the engine polls ``<registry>/<name>/LATEST`` and reloads when it names
+another version than the one serving (a promotion or a rollback); a version that fails to load is
+logged, counted in ``qaembed_reloads_total{result="failed"}`` and not retried until LATEST moves
+again (``POST /admin/reload`` retries it at once).
 
 Example::
 
@@ -33,7 +38,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from .errors import NotFound, NotReady, Overloaded, ServiceError
+from . import feedback as feedback_records
+from .errors import NotFound, NotReady, Overloaded, ServiceError, Unprocessable
 from .index import Collection, Document, Hit, IndexConfig
 from .metrics import ServiceMetrics
 from .model import EmbeddingModel, load_model
@@ -140,7 +146,10 @@ class Engine:
         self._pending: list[tuple] | None = None  # writes made while a reload re-embeds
         self._reload_task: asyncio.Task | None = None
         self._snapshot_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._feedback: list[dict] = []  # without --data_dir only: in memory, like the documents
         self.reload_status: dict = {"state": "idle"}
+        self.watch_status: dict = {"interval_s": settings.latest_poll_s}
         self.started_at = time.time()
         faiss.omp_set_num_threads(settings.index_threads)
         # exact search of a few coalesced queries: one BLAS matrix product reads the vectors once
@@ -208,6 +217,10 @@ class Engine:
         self.state = "ready"
         self.metrics.ready.set(1)
         log.info("ready: %d documents, index %s", len(self.gen.collection), self.gen.collection.index.kind)
+        if s.latest_poll_s > 0 and s.registry is not None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_latest(s.latest_poll_s))
+        elif s.version is not None and s.reload_interval:
+            log.warning("--version %s is pinned: --reload_interval is ignored", s.version)
 
     async def _load_corpus(self) -> None:
         from training.data import load_qa_data  # torch-free
@@ -235,6 +248,10 @@ class Engine:
         """Graceful: stop reloads, snapshot if the log grew, close the log, finish queued inference."""
         self.state = "stopping"
         self.metrics.ready.set(0)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch_task
         if self._reload_task is not None and not self._reload_task.done():
             self._reload_task.cancel()
             with contextlib.suppress(BaseException):
@@ -319,6 +336,37 @@ class Engine:
             self.metrics.documents.set(len(gen.collection))
             self._maybe_snapshot()
 
+    # ------------------------------------------------------------------ feedback
+    async def add_feedback(self, query: str, doc_id: str, shown_ids: Sequence[str], label: str) -> int:
+        """Validate against the current documents and store durably; returns the number of shown
+        documents recorded. 404 for an unknown ``doc_id``, 422 for unknown ``shown_ids``."""
+        async with self.use() as gen, self._write_lock:
+            gen = self.gen
+            doc = gen.collection.get(doc_id)
+            if doc is None:
+                raise NotFound(f"no document with id {doc_id!r}")
+            shown = {i: gen.collection.get(i) for i in dict.fromkeys(shown_ids)}
+            unknown = [i for i, d in shown.items() if d is None]
+            if unknown:
+                raise Unprocessable(f"shown_ids: no document with id {', '.join(map(repr, unknown[:5]))}"
+                                    + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+            record = feedback_records.make_record(query, (doc.id, doc.text),
+                                                  [(d.id, d.text) for d in shown.values()], label)
+            if self.store is not None:
+                await asyncio.to_thread(self.store.append_feedback, record)
+                self._maybe_snapshot()
+            else:
+                self._feedback.append(record)
+            self.metrics.feedback.labels(label).inc()
+            return len(shown)
+
+    async def feedback(self) -> list[dict]:
+        """Every feedback record stored, oldest first."""
+        async with self.use():
+            if self.store is None:
+                return list(self._feedback)
+            return await asyncio.to_thread(self.store.read_feedback)
+
     # ------------------------------------------------------------------ snapshots
     def _maybe_snapshot(self) -> None:
         if (self.store is not None and self.store.records_since_snapshot >= self.settings.snapshot_every
@@ -358,6 +406,7 @@ class Engine:
             status["to"] = model.spec.version
             if model.spec.version == old.version and model.spec.name == old.model.spec.name:
                 status.update(state="unchanged", finished_at=time.time())
+                self.metrics.reloads.labels("unchanged").inc()
                 await asyncio.to_thread(model.close)
                 return
             async with self._write_lock:
@@ -387,6 +436,7 @@ class Engine:
                     asyncio.get_running_loop().run_in_executor(None, old.close)
             model = None
             status.update(state="done", finished_at=time.time())
+            self.metrics.reloads.labels("done").inc()
             log.info("reloaded %s → %s (%d documents re-embedded)", status["from"], status["to"], len(docs))
             if self.store is not None:
                 await self.snapshot()
@@ -396,10 +446,39 @@ class Engine:
         except Exception as exc:
             log.exception("reload failed; still serving %s", self.gen.version if self.gen else None)
             status.update(state="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+            self.metrics.reloads.labels("failed").inc()
         finally:
             self._pending = None
             if model is not None:
                 await asyncio.to_thread(model.close)
+
+    async def _watch_latest(self, interval: float) -> None:
+        """Reload whenever LATEST names a version other than the one serving (promotion or rollback)."""
+        from export.bundle import BundleError, latest_version  # torch-free
+
+        s, status = self.settings, self.watch_status
+        failed: str | None = None  # not retried until LATEST moves on (a broken bundle stays broken)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                latest = await asyncio.to_thread(latest_version, s.registry, s.name)
+            except (BundleError, OSError) as exc:
+                if status.get("error") != str(exc):
+                    log.warning("cannot read LATEST: %s; still serving %s", exc, self.gen.version)
+                status.update(error=str(exc), checked_at=time.time())
+                continue
+            status.update(latest=latest, checked_at=time.time(), error=None)
+            if self.reload_status.get("state") == "failed" and self.reload_status.get("to") == latest:
+                failed = latest
+            busy = self._reload_task is not None and not self._reload_task.done()
+            if latest == self.gen.version or latest == failed or busy or not self.ready:
+                continue
+            log.info("LATEST is %s (serving %s): reloading", latest, self.gen.version)
+            failed = None
+            try:
+                self.start_reload(latest)
+            except ServiceError as exc:  # raced with a manual reload or shutdown: next tick decides
+                log.info("not reloading now: %s", exc.message)
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
@@ -419,5 +498,6 @@ class Engine:
             "durability": {"data_dir": str(s.data_dir) if s.data_dir else None,
                            "wal_seq": self.store.seq if self.store else None},
             "reload": self.reload_status,
+            "latest_watch": self.watch_status,
             "auth": {"api_key": bool(s.api_key), "admin_api_key": bool(s.admin_api_key)},
         }

@@ -70,6 +70,8 @@ class ServiceMetrics:
                                 ["name", "version", "variant", "backend", "device"], registry=r)
         self.feedback = Counter("qaembed_feedback", "Relevance feedback received, by label", ["label"],
                                 registry=r)
+        self.reloads = Counter("qaembed_reloads", "Model reloads by result (done, unchanged, failed)", ["result"],
+                               registry=r)
 
     def set_model(self, name: str, version: str, variant: str, backend: str, device: str) -> None:
         """Exactly one model_info series: the model now serving."""

@@ -12,6 +12,8 @@ Example::
     (9000, '127.0.0.1', 'onnx')
     >>> Settings.from_sources(["--registry", "reg", "--name", "m"], env={"QAEMBED_PORT": "81"}).port
     81
+    >>> s.latest_poll_s, s.replace(version="v0002").latest_poll_s   # a pinned version is never replaced
+    (30.0, 0.0)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 ENV_PREFIX = "QAEMBED_"
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "hnsw-sq8")
 VARIANTS = ("auto", "int8", "onnx", "onnx-optimized", "fp16")
+DEFAULT_RELOAD_INTERVAL = 30.0
 
 
 class SettingsError(ValueError):
@@ -82,6 +85,9 @@ class Settings:
     index_threads: int = 1  # FAISS OpenMP threads per search (inference has the other cores)
     # durability
     snapshot_every: int = 1000  # WAL records between snapshots
+    # model updates: poll <registry>/<name>/LATEST every this many seconds (0 = off; None = 30 unless
+    # --version pins one); a new version is loaded like POST /admin/reload
+    reload_interval: float | None = None
     # operations
     log_level: str = "info"
     ready_timeout_s: float = 600.0
@@ -127,6 +133,9 @@ class Settings:
         add("--pq_m", type=int)
         add("--index_threads", type=int)
         add("--snapshot_every", type=int)
+        add("--reload_interval", type=float,
+            help=f"seconds between checks of LATEST for a new version (0 = off; default {DEFAULT_RELOAD_INTERVAL:g}, "
+                 "off when --version is pinned)")
         add("--log_level", choices=("debug", "info", "warning", "error"))
         add("--ready_timeout_s", type=float)
         p.set_defaults(**{a.dest: None for a in p._actions if a.dest != "help"})
@@ -201,6 +210,8 @@ class Settings:
             positive(name)
         for name in ("max_wait_ms", "intra_op_threads", "nlist"):
             positive(name, allow_zero=True)
+        if self.reload_interval is not None and not 0 <= self.reload_interval < float("inf"):
+            raise SettingsError(f"--reload_interval must be >= 0 seconds, got {self.reload_interval}")
         if self.max_inputs > self.max_queue_size:
             raise SettingsError("--max_inputs must not exceed --max_queue_size (such a request could never run)")
         if self.backend not in ("onnx", "torch"):
@@ -213,6 +224,13 @@ class Settings:
             raise SettingsError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if set(self.api_key) & set(self.admin_api_key):
             raise SettingsError("--api_key and --admin_api_key must differ")
+
+    @property
+    def latest_poll_s(self) -> float:
+        """Seconds between checks of LATEST; 0 when off (a pinned --version always turns it off)."""
+        if self.version is not None:
+            return 0.0
+        return DEFAULT_RELOAD_INTERVAL if self.reload_interval is None else self.reload_interval
 
     def require_model(self) -> None:
         """The command line must name a bundle (tests may inject a model loader instead)."""

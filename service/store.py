@@ -3,10 +3,15 @@
 Layout of the data directory::
 
     CURRENT                      name of the live snapshot (replaced atomically)
-    snapshots/<seq>-<id>/        meta.json, documents.jsonl, vectors.npy (sha256 in meta.json)
+    snapshots/<seq>-<id>/        meta.json, documents.jsonl, vectors.npy, feedback.jsonl (sha256 in meta.json)
     wal/<first seq>.log          frames: u32 length, u32 crc32, JSON payload
 
-* Every write is appended to the WAL and ``fsync``-ed before it is acknowledged.
+* Every write (document upsert/delete, relevance feedback) is appended to the WAL and ``fsync``-ed
+  before it is acknowledged.
+* Feedback is append-only: a snapshot carries all of it (the previous snapshot's ``feedback.jsonl``
+  plus the feedback logged since), so only the feedback since the last snapshot is held in memory.
+  :meth:`DurableStore.read_feedback` reads it all back without writing anything, so it is safe
+  while a server owns the directory.
 * A snapshot is written into a temporary folder, fsync-ed, renamed, and only then made live by
   atomically replacing ``CURRENT``; WAL segments it covers are deleted afterwards. A crash at any
   point leaves either the old or the new snapshot live, plus the WAL records after it.
@@ -26,6 +31,11 @@ Example::
     >>> store.close(); state = DurableStore(d).recover()
     >>> state.docs["a"].text, state.seq
     ('alpha', 1)
+    >>> store = DurableStore(d); _ = store.recover(); store.open_log()
+    >>> store.append_feedback({"query": "a?", "label": "positive"})
+    2
+    >>> store.close(); [r["query"] for r in DurableStore(d).read_feedback()]
+    ['a?']
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,10 +61,15 @@ log = logging.getLogger("service.store")
 
 _HEADER = struct.Struct("<II")
 FORMAT = 1
+FEEDBACK = "feedback.jsonl"
 
 
 class StoreError(RuntimeError):
     """The data directory is unusable (corrupt snapshot or log in the middle)."""
+
+
+class _SnapshotMoved(Exception):
+    """A new snapshot went live while reading; read again."""
 
 
 @dataclass
@@ -71,6 +87,7 @@ class RecoveredState:
     snapshot_seq: int = 0
     replayed: int = 0  # WAL records applied after the snapshot
     truncated_bytes: int = 0  # torn tail cut off the log
+    feedback: list[tuple[int, dict]] = field(default_factory=list)  # (seq, record) logged after the snapshot
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,6 +106,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read_frames(data: bytes) -> tuple[list[dict], int]:
+    """WAL records in ``data`` up to the first torn or corrupt frame, and the byte offset it starts at."""
+    records, offset = [], 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        payload = data[offset + _HEADER.size: offset + _HEADER.size + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        records.append(json.loads(payload))
+        offset += _HEADER.size + length
+    return records, offset
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -99,22 +129,28 @@ def _write_file(path: Path, data: bytes) -> None:
 class DurableStore:
     """WAL + snapshots in one directory. Thread-safe; appends are serialised by an internal lock."""
 
-    def __init__(self, data_dir: str | Path, fsync: bool = True) -> None:
+    def __init__(self, data_dir: str | Path, fsync: bool = True, create: bool = True) -> None:
         self.dir = Path(data_dir)
         self.fsync = fsync
         self.snap_dir = self.dir / "snapshots"
         self.wal_dir = self.dir / "wal"
-        for d in (self.dir, self.snap_dir, self.wal_dir):
+        for d in (self.dir, self.snap_dir, self.wal_dir) if create else ():  # readers create nothing
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file = None
         self.seq = 0
         self.records_since_snapshot = 0
+        self._live: Path | None = None  # the live snapshot folder
+        self._live_seq = 0
+        self._feedback_tail: list[tuple[int, dict]] = []  # feedback logged after the live snapshot
+        # one snapshot at a time, and no in-process feedback read while one swaps files
+        self._snapshot_lock = threading.Lock()
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> RecoveredState:
         """Load the live snapshot and replay the WAL after it."""
         state = RecoveredState()
+        self._live, self._live_seq = None, 0
         for leftover in self.snap_dir.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         current = self.dir / "CURRENT"
@@ -126,6 +162,7 @@ class DurableStore:
             self._replay(path, state, last=(i == len(segments) - 1))
         self.seq = state.seq
         self.records_since_snapshot = state.replayed
+        self._feedback_tail = list(state.feedback)
         return state
 
     def _load_snapshot(self, path: Path, state: RecoveredState) -> None:
@@ -133,8 +170,8 @@ class DurableStore:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"snapshot {path} is unreadable: {exc}") from None
-        for fname in ("documents.jsonl", "vectors.npy"):
-            if _sha256(path / fname) != meta["sha256"][fname]:
+        for fname, digest in meta["sha256"].items():  # feedback.jsonl only in snapshots that have it
+            if _sha256(path / fname) != digest:
                 raise StoreError(f"snapshot {path}: {fname} fails its sha256 check")
         vectors = np.load(path / "vectors.npy", allow_pickle=False)
         version = meta.get("model_version", "")
@@ -143,6 +180,7 @@ class DurableStore:
                 d = json.loads(line)
                 state.docs[d["id"]] = StoredDoc(d["text"], d.get("metadata") or {}, vectors[row], version)
         state.seq = state.snapshot_seq = int(meta["seq"])
+        self._live, self._live_seq = path, state.seq
 
     def _segments(self) -> list[tuple[int, Path]]:
         out = []
@@ -155,16 +193,8 @@ class DurableStore:
 
     def _replay(self, path: Path, state: RecoveredState, last: bool) -> None:
         data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            if offset + _HEADER.size > len(data):
-                break
-            length, crc = _HEADER.unpack_from(data, offset)
-            payload = data[offset + _HEADER.size: offset + _HEADER.size + length]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                break
-            record = json.loads(payload)
-            offset += _HEADER.size + length
+        records, offset = _read_frames(data)
+        for record in records:
             if record["seq"] <= state.seq:
                 continue
             self._apply(record, state)
@@ -192,6 +222,8 @@ class DurableStore:
         elif record["op"] == "delete":
             for doc_id in record["ids"]:
                 state.docs.pop(doc_id, None)
+        elif record["op"] == "feedback":
+            state.feedback.append((record["seq"], record["feedback"]))
         else:
             raise StoreError(f"unknown WAL operation {record['op']!r}")
 
@@ -221,6 +253,8 @@ class DurableStore:
             if self.fsync:
                 os.fsync(self._file.fileno())
             self.records_since_snapshot += 1
+            if record["op"] == "feedback":  # until a snapshot carries it
+                self._feedback_tail.append((self.seq, record["feedback"]))
             return self.seq
 
     def append_upsert(self, docs: Sequence[tuple[str, str, Mapping]], vectors: np.ndarray,
@@ -234,6 +268,51 @@ class DurableStore:
     def append_delete(self, ids: Iterable[str]) -> int:
         return self._append({"op": "delete", "ids": list(ids)})
 
+    def append_feedback(self, feedback: Mapping) -> int:
+        """Durably record one feedback record (any JSON object); returns its sequence number."""
+        return self._append({"op": "feedback", "feedback": dict(feedback)})
+
+    # ------------------------------------------------------------------ reading feedback
+    def read_feedback(self, attempts: int = 20) -> list[dict]:
+        """Every feedback record, oldest first, without writing anything: safe on a directory that a
+        running server (this process or another) is writing to. A record being written and not yet
+        acknowledged is left out."""
+        for attempt in range(attempts):
+            try:
+                with self._snapshot_lock:
+                    return self._read_feedback_once()
+            except (FileNotFoundError, _SnapshotMoved):  # another process swapped snapshots meanwhile
+                if attempt == attempts - 1:
+                    raise StoreError(f"{self.dir}: snapshots kept changing while reading feedback") from None
+                time.sleep(0.05)
+        return []  # unreachable
+
+    def _read_feedback_once(self) -> list[dict]:
+        current = self.dir / "CURRENT"
+        live = current.read_text().strip() if current.exists() else None
+        out: list[dict] = []
+        seq = 0
+        if live is not None:
+            snap = self.snap_dir / live
+            meta = json.loads((snap / "meta.json").read_text())
+            seq = int(meta["seq"])
+            if FEEDBACK in meta["sha256"]:
+                with open(snap / FEEDBACK, encoding="utf-8") as f:
+                    out.extend(json.loads(line) for line in f)
+        segments = self._segments()
+        for i, (_start, path) in enumerate(segments):
+            data = path.read_bytes()
+            records, offset = _read_frames(data)
+            if offset < len(data) and i != len(segments) - 1:
+                raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
+            for record in records:
+                if record["seq"] > seq and record["op"] == "feedback":
+                    out.append(record["feedback"])
+        # segments are deleted only after CURRENT moves: unchanged CURRENT means we saw them all
+        if (current.read_text().strip() if current.exists() else None) != live:
+            raise _SnapshotMoved
+        return out
+
     def rotate(self) -> int:
         """Start a new WAL segment; returns the last sequence number the old segments hold."""
         with self._lock:
@@ -243,11 +322,24 @@ class DurableStore:
             return seq
 
     def write_snapshot(self, seq: int, docs: Sequence, vectors: np.ndarray, model_name: str,
-                       model_version: str) -> Path:
-        """Atomically make (docs, vectors) at ``seq`` the live snapshot, then drop what it covers.
+                       model_version: str) -> Path | None:
+        """Atomically make (docs, vectors) at ``seq`` plus all feedback up to ``seq`` the live
+        snapshot, then drop what it covers. ``None`` when a snapshot after ``seq`` is live already
+        (making an older one live would lose the log records in between).
 
         ``docs`` are objects with ``id``, ``text`` and ``metadata``.
         """
+        with self._snapshot_lock:
+            if self._live is not None and seq < self._live_seq:
+                log.info("snapshot at seq %d skipped: seq %d is live", seq, self._live_seq)
+                return None
+            final = self._write_snapshot(seq, docs, vectors, model_name, model_version)
+            with self._lock:
+                self._feedback_tail = [(s, f) for s, f in self._feedback_tail if s > seq]
+            return final
+
+    def _write_snapshot(self, seq: int, docs: Sequence, vectors: np.ndarray, model_name: str,
+                        model_version: str) -> Path:
         tmp = self.snap_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         with open(tmp / "documents.jsonl", "w", encoding="utf-8") as f:
@@ -260,9 +352,11 @@ class DurableStore:
             np.save(f, np.ascontiguousarray(vectors, dtype="<f4"), allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-        meta = {"format": FORMAT, "seq": seq, "count": len(docs), "model_name": model_name,
-                "model_version": model_version, "dimension": int(vectors.shape[1]) if len(vectors) else None,
-                "sha256": {n: _sha256(tmp / n) for n in ("documents.jsonl", "vectors.npy")}}
+        feedback_count = self._write_feedback(tmp / FEEDBACK, seq)
+        meta = {"format": FORMAT, "seq": seq, "count": len(docs), "feedback": feedback_count,
+                "model_name": model_name, "model_version": model_version,
+                "dimension": int(vectors.shape[1]) if len(vectors) else None,
+                "sha256": {n: _sha256(tmp / n) for n in ("documents.jsonl", "vectors.npy", FEEDBACK)}}
         _write_file(tmp / "meta.json", json.dumps(meta, indent=1).encode())
         _fsync_dir(tmp)
         final = self.snap_dir / f"{seq:020d}-{uuid.uuid4().hex[:8]}"
@@ -271,6 +365,7 @@ class DurableStore:
         _write_file(self.dir / "CURRENT.tmp", final.name.encode())
         os.replace(self.dir / "CURRENT.tmp", self.dir / "CURRENT")
         _fsync_dir(self.dir)
+        self._live, self._live_seq = final, seq
         # the new snapshot is live: older snapshots and covered WAL segments can go
         for old in self.snap_dir.iterdir():
             if old != final and not old.name.startswith(".tmp-"):
@@ -279,8 +374,28 @@ class DurableStore:
         for (_, path), (next_start, _) in zip(segments, segments[1:], strict=False):
             if next_start - 1 <= seq:
                 path.unlink(missing_ok=True)
-        log.info("snapshot at seq %d: %d documents (model %s)", seq, len(docs), model_version)
+        log.info("snapshot at seq %d: %d documents, %d feedback (model %s)", seq, len(docs), feedback_count,
+                 model_version)
         return final
+
+    def _write_feedback(self, path: Path, seq: int) -> int:
+        """The live snapshot's feedback followed by the feedback logged after it, up to ``seq``."""
+        with self._lock:
+            tail = [f for s, f in self._feedback_tail if s <= seq]
+        count = 0
+        with open(path, "w", encoding="utf-8") as out:
+            previous = self._live / FEEDBACK if self._live is not None else None
+            if previous is not None and previous.exists():
+                with open(previous, encoding="utf-8") as f:
+                    for line in f:
+                        out.write(line)
+                        count += 1
+            for record in tail:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            out.flush()
+            os.fsync(out.fileno())
+        return count
 
     def close(self) -> None:
         with self._lock:
