@@ -462,7 +462,7 @@ class Engine:
             await asyncio.sleep(interval)
             try:
                 latest = await asyncio.to_thread(latest_version, s.registry, s.name)
-            except (BundleError, OSError) as exc:
+            except (BundleError, OSError, ValueError) as exc:  # missing, unreadable or garbled LATEST
                 if status.get("error") != str(exc):
                     log.warning("cannot read LATEST: %s; still serving %s", exc, self.gen.version)
                 status.update(error=str(exc), checked_at=time.time())
