@@ -75,7 +75,8 @@ class ServerThread:
 def settings_for(bundle, **overrides) -> Settings:
     registry, name = bundle
     base = dict(registry=registry, name=name, max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024,
-                max_top_k=20, max_queue_size=256, intra_op_threads=1)
+                max_top_k=20, max_queue_size=256, intra_op_threads=1,
+                reload_interval=0)  # reloads here are the tests' own, never the LATEST watcher's
     return Settings.build(**{**base, **overrides})
 
 
