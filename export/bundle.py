@@ -222,7 +222,7 @@ def publish(staging: str | Path, facts: dict, promote: bool = True) -> Path:
         _write_durably(staging / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         final = staging.parent / version
         os.rename(staging, final)
-        _fsync_dir(staging.parent)
+        fsync_dir(staging.parent)
         if promote:
             _point_latest(staging.parent, version)
     return final
@@ -294,7 +294,7 @@ def _point_latest(folder: Path, version: str) -> None:
     temporary = folder / f".{LATEST}.tmp-{os.getpid()}"
     _write_durably(temporary, version + "\n")
     os.replace(temporary, folder / LATEST)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _write_durably(path: Path, text: str) -> None:
@@ -307,13 +307,14 @@ def _write_durably(path: Path, text: str) -> None:
 def _fsync_tree(root: Path) -> None:
     for path in [root, *root.rglob("*")]:
         if path.is_dir():
-            _fsync_dir(path)
+            fsync_dir(path)
         else:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file inside ``path`` durable (the directory entry itself is fsynced)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.bundle import fsync_dir
+
 log = logging.getLogger("service.store")
 
 _HEADER = struct.Struct("<II")
@@ -89,13 +91,6 @@ class RecoveredState:
     truncated_bytes: int = 0  # torn tail cut off the log
     feedback: list[tuple[int, dict]] = field(default_factory=list)  # (seq, record) logged after the snapshot
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -239,7 +234,7 @@ class DurableStore:
         path = self.wal_dir / f"{first_seq:020d}.log"
         self._file = open(path, "ab")
         if self.fsync:
-            _fsync_dir(self.wal_dir)
+            fsync_dir(self.wal_dir)
 
     def _append(self, record: dict) -> int:
         with self._lock:
@@ -358,13 +353,13 @@ class DurableStore:
                 "dimension": int(vectors.shape[1]) if len(vectors) else None,
                 "sha256": {n: _sha256(tmp / n) for n in ("documents.jsonl", "vectors.npy", FEEDBACK)}}
         _write_file(tmp / "meta.json", json.dumps(meta, indent=1).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = self.snap_dir / f"{seq:020d}-{uuid.uuid4().hex[:8]}"
         os.rename(tmp, final)
-        _fsync_dir(self.snap_dir)
+        fsync_dir(self.snap_dir)
         _write_file(self.dir / "CURRENT.tmp", final.name.encode())
         os.replace(self.dir / "CURRENT.tmp", self.dir / "CURRENT")
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._live, self._live_seq = final, seq
         # the new snapshot is live: older snapshots and covered WAL segments can go
         for old in self.snap_dir.iterdir():

@@ -6,6 +6,8 @@ Shared by every test module: add fixtures with small, targeted insertions.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+def tool(name: str) -> str:
+    """Path of a check tool: the venv's bin folder first, then PATH; fails under CI when missing."""
+    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            return str(candidate)
+    message = f"{name} is not installed (make test installs it: mk/containers.mk)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

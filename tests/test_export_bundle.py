@@ -99,7 +99,7 @@ def test_nothing_published(tmp_path):
         open_bundle(tmp_path, "demo")
 
 
-@pytest.mark.parametrize("step", ["_fsync_tree", "_write_durably", "_fsync_dir", "_point_latest"])
+@pytest.mark.parametrize("step", ["_fsync_tree", "_write_durably", "fsync_dir", "_point_latest"])
 def test_killed_publish_leaves_registry_consistent(tmp_path, monkeypatch, step):
     """A crash between any two publish steps leaves the old version (or, once renamed, the complete new
     one) visible through LATEST, every listed version verifies, and a later publish works."""

@@ -9,12 +9,12 @@ installed by `make test` (mk/containers.mk); missing ones fail under CI=true and
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import tool
 
 yaml = pytest.importorskip("yaml")
 
@@ -24,16 +24,6 @@ OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
-
-def tool(name: str) -> str:
-    """Path of a check tool: the venv's bin folder first, then PATH."""
-    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    message = f"{name} is not installed (make test installs it: mk/containers.mk)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

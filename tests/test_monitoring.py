@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tool
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +43,6 @@ ALERTS = {"QaembedHighLatencyP99", "QaembedHighErrorRatio", "QaembedNotReady", "
 # `<expression> <comparison> <number>`: the live test queries the left side.
 ALERT_FORM = re.compile(r"^(?P<lhs>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>[0-9.]+(?:e-?[0-9]+)?)$", re.S)
 
-
-def tool(name: str) -> str:
-    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
-    message = f"{name} is not installed (make test installs it: mk/containers.mk)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def rule_groups() -> list[dict]:
