@@ -117,3 +117,30 @@ def test_real_model_beats_chance_on_examples(records, encoder):
     task = RetrievalTask.from_records(records)
     metrics = evaluate(task, encoder.queries, encoder.passages)
     assert metrics["mrr@10"] > 0.3 > 1 / len(task.corpus)
+
+
+def test_every_question_gets_the_full_count_when_its_window_is_empty():
+    from training.negatives import NegativeMiner
+    from training.train import to_dataset
+
+    # "hard" ranks its positive last: every passage in the window [0, 2) scores above the margin ceiling,
+    # so its negatives come from below the window, and "lonely" (only its own passage and one other is
+    # far above) from random passages. Neither may shrink the dataset's negative columns.
+    vectors = {"easy": [1.0, 0.0, 0.0], "easy_pos": [1.0, 0.0, 0.0],
+               "hard": [0.0, 1.0, 0.0], "hard_pos": [0.1, 0.1, 0.99],
+               "p1": [0.0, 1.0, 0.0], "p2": [0.1, 0.99, 0.0], "p3": [0.0, 0.0, 1.0], "p4": [0.0, -1.0, 0.0]}
+    encode = lambda texts, is_query: np.array([vectors[t] for t in texts], dtype="float32")  # noqa: E731
+    records = [QARecord("easy", "easy_pos"), QARecord("hard", "hard_pos")]
+    miner = NegativeMiner(encode, num_negatives=2, range_max=2)
+    filled = miner.fill(records, ["easy_pos", "hard_pos", "p1", "p2", "p3", "p4"])
+    assert [len(r.negatives) for r in filled] == [2, 2]
+    hard = filled[1].negatives
+    assert "p1" not in hard and "p2" not in hard  # above the ceiling: likely answers, never negatives
+    assert miner.stats.below_window >= 1
+    assert len(to_dataset(filled).column_names) == 4  # anchor, positive, negative_1, negative_2
+
+    # A question whose positive scores lowest of all: nothing ranks below its ceiling, so random passages fill.
+    lonely = NegativeMiner(encode, num_negatives=2, range_max=2)
+    (record,) = lonely.fill([QARecord("hard", "p4")], ["p4", "p1", "p2", "p3"])
+    assert len(record.negatives) == 2 and "p4" not in record.negatives
+    assert lonely.stats.random == 1

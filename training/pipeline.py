@@ -177,14 +177,20 @@ def _with_negatives(records, config: RunConfig, encoder: SentenceEncoder, log) -
         range_min=config.negatives_range_min,
         range_max=config.negatives_range_max,
         relative_margin=config.negatives_margin,
+        seed=config.seed,
     )
     explicit = sum(len(r.negatives) for r in records)
     filled = miner.fill(records, [r.positive for r in records])
-    mined = sum(len(r.negatives) for r in filled) - explicit
     per_question = min((len(r.negatives) for r in filled), default=0)
-    log(f"Negatives: {explicit} explicit, {mined} mined with the base model; {per_question} per question in training")
+    log(f"Negatives: {explicit} explicit, {miner.stats.mined} mined with the base model; "
+        f"{per_question} per question in training")
+    if miner.stats.below_window or miner.stats.random:
+        log(f"  note: {miner.stats.below_window} questions took candidates ranked past "
+            f"--negatives_range_max {config.negatives_range_max}, {miner.stats.random} were topped up with random "
+            "training passages (the base model ranks their positive low, so few passages score below the margin)")
     if per_question < config.num_negatives:
-        log(f"  note: only {per_question} of {config.num_negatives} negatives available for some questions")
+        log(f"  note: only {per_question} of {config.num_negatives} negatives per question: "
+            "the training set has too few passages")
     return filled
 
 

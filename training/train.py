@@ -82,7 +82,11 @@ class RetrievalEvaluator(SentenceEvaluator):
 
 
 def to_dataset(records: list[QARecord]) -> Dataset:
-    """Columns ``anchor, positive, negative_1..K``; every row gets the same K (the smallest count)."""
+    """Columns ``anchor, positive, negative_1..K``; every row gets the same K (the smallest count).
+
+    The miner gives every question the same count (see :mod:`training.negatives`), so nothing is cut here
+    unless the training set itself has too few passages.
+    """
     k = min((len(r.negatives) for r in records), default=0)
     columns: dict[str, list[str]] = {"anchor": [r.question for r in records], "positive": [r.positive for r in records]}
     for i in range(k):
