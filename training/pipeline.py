@@ -87,6 +87,9 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
         resume=config.resume,
     )
     result = fine_tune(model, train_records, eval_task, settings, work_dir / "checkpoints")
+    if result.rows_per_step < 0.9 * config.batch_size:
+        log(f"note: batches held {result.rows_per_step} rows on average, not {config.batch_size}: a passage may appear "
+            "once per batch (as positive or negative), and this data repeats passages; fewer in-batch negatives")
     finetuned_metrics = evaluate(eval_task, encoder.queries, encoder.passages) if eval_task else None
 
     payload = {
@@ -98,6 +101,7 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
             "seconds": result.seconds,
             "samples_per_second": result.samples_per_second,
             "steps": result.steps,
+            "rows_per_step": result.rows_per_step,
             "peak_rss_mb": result.peak_rss_mb,
             "best_checkpoint": Path(result.best_checkpoint).name if result.best_checkpoint else None,
             "resumed_from": Path(result.resumed_from).name if result.resumed_from else None,

@@ -29,6 +29,7 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from training.data import QARecord
@@ -53,15 +54,57 @@ class TrainSettings:
     resume: bool = False
 
 
+class TrainingError(ValueError):
+    """Training cannot proceed with this data and configuration (a user error: exit code 2)."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
-    seconds: float
-    samples_per_second: float
+    seconds: float  # wall time of trainer.train(), evaluation and checkpoints included
+    samples_per_second: float  # over the training steps alone (see StepTimer)
     steps: int
+    rows_per_step: float  # below batch_size when NO_DUPLICATES could not fill batches
     peak_rss_mb: float
     loss_history: list[tuple[int, float]]
     best_checkpoint: str | None
     resumed_from: str | None
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent in training steps (data loading, forward, backward, optimiser), nothing else.
+
+    Time between one step's end and the next is counted; the epoch-end evaluation and checkpoint
+    save fall between an epoch's last step and the next epoch's start, so they are not. This is the
+    throughput a user compares across loops and machines; HF's ``train_samples_per_second`` also
+    counts evaluation and saving, which depend on the eval set and the disk.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0  # this run's steps only: a resumed run does not count the earlier ones
+        self._last = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds += now - self._last
+        self.steps += 1
+        self._last = now
+
+    def samples_per_second(self, rows_per_step: float) -> float:
+        return round(rows_per_step * self.steps / self.seconds, 2) if self.seconds else 0.0
+
+
+def rows_per_step(trainer) -> float:
+    """Mean training rows per optimiser step over all processes, from one epoch's actual batches.
+
+    ``len(dataloader)`` assumes full batches, but ``NO_DUPLICATES`` makes smaller ones when passages
+    repeat, so the batches are drawn once more (same seed, same batches) and counted.
+    """
+    sizes = [len(batch) for batch in trainer.get_train_dataloader().batch_sampler]
+    return trainer.args.world_size * sum(sizes) / max(1, len(sizes))
 
 
 class RetrievalEvaluator(SentenceEvaluator):
@@ -112,7 +155,6 @@ def build_trainer(
         )
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings.epochs,
@@ -135,6 +177,9 @@ def build_trainer(
         bf16=bf16,
         report_to="none",
     )
+    # Under torchrun the arguments set up the process group; gathering makes every GPU's passages
+    # negatives for every question (world_size × batch_size in-batch negatives).
+    distributed = args.world_size > 1
     if settings.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=settings.mini_batch_size, gather_across_devices=distributed
@@ -161,17 +206,29 @@ def fine_tune(
 ) -> TrainResult:
     """Train ``model`` in place (``settings.resume`` continues from the last checkpoint)."""
     trainer = build_trainer(model, train_records, eval_task, settings, checkpoint_dir)
+    timer = StepTimer()
+    trainer.add_callback(timer)
     resume_from = get_last_checkpoint(str(checkpoint_dir)) if settings.resume and checkpoint_dir.is_dir() else None
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
+    if trainer.state.global_step == 0:
+        raise TrainingError(
+            f"no training step was taken: no batch of {settings.batch_size} rows with all-distinct texts could be "
+            f"formed from {len(train_records)} rows with {len(to_dataset(train_records).column_names) - 2} negatives "
+            "each (a passage may appear once per batch; under torchrun incomplete batches are dropped). "
+            "Lower --batch_size or --num_negatives, or add data."
+        )
     history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    rows = rows_per_step(trainer)
     return TrainResult(
         seconds=round(seconds, 2),
-        samples_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
+        samples_per_second=timer.samples_per_second(rows),
         steps=int(trainer.state.global_step),
+        rows_per_step=round(rows, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         loss_history=history,
         best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=resume_from,
     )
+
