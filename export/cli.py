@@ -136,9 +136,15 @@ def _retrain(argv: list[str]) -> int:
     )
     parser.add_argument("--registry", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--data", nargs="+", required=True, help="training data files (the original Q&A data)")
-    parser.add_argument("--feedback", nargs="*", default=[], help="feedback exported in the training formats")
-    parser.add_argument("--eval_data", nargs="+", required=True, help="the fixed evaluation set of the gate")
+    parser.add_argument("--data", nargs="+", required=True,
+                        help="training data files or folders (the original Q&A data)")
+    parser.add_argument("--feedback", nargs="*", default=[],
+                        help="feedback exported in the training formats: files or folders; empty ones are skipped")
+    parser.add_argument("--feedback_url",
+                        help="fetch feedback from a running service's GET /feedback/export "
+                             "(admin key from QAEMBED_ADMIN_API_KEY)")
+    parser.add_argument("--eval_data", nargs="+", required=True,
+                        help="the fixed evaluation set of the gate (files or folders)")
     parser.add_argument("--from", dest="start", choices=("current", "base"), default="current",
                         help="continue from the published model's weights, or start over from the base model")
     parser.add_argument("--base_model", help="base model (default: the published bundle's)")

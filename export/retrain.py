@@ -9,6 +9,11 @@ Every decision is written to ``<registry>/<name>/reports/<version>.json`` (and `
 The fixed evaluation set is never trained on: records whose passage appears in it are removed
 from the training data (and from negatives), so the gate compares models on unseen passages.
 
+Feedback comes as files (``--feedback``: files or folders; empty ones mean "none yet") and/or straight
+from a running service (``--feedback_url http://qaembed:8080/feedback/export``, with the admin key from
+``QAEMBED_ADMIN_API_KEY``, the variable the serving pods read): the CronJob needs no access to the
+service's volume.
+
 Example::
 
     python -m export retrain --registry registry --name qa --data faq.json --feedback feedback.jsonl \\
@@ -18,7 +23,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -27,7 +35,7 @@ from pathlib import Path
 from export import bundle as registry_api
 from export.errors import ExportError
 from export.runtime import OnnxEncoder
-from training.data import DataError, QAData, QARecord, load_qa_data
+from training.data import DataError, QAData, QARecord, data_files, load_qa_data
 from training.metrics import RetrievalTask, evaluate
 
 REPORTS = "reports"
@@ -40,6 +48,7 @@ class RetrainConfig:
     data: Sequence[str]
     eval_data: Sequence[str]
     feedback: Sequence[str] = ()
+    feedback_url: str | None = None  # a service's GET /feedback/export, fetched before training
     start: str = "current"  # "current": continue from the published model's weights; "base": start over
     base_model: str | None = None  # default: the published bundle's base model
     tolerance: float = 0.01  # MRR@10 the candidate may lose against the current model and still be promoted
@@ -61,7 +70,11 @@ def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
     current = _current_bundle(config)
     eval_records = _load(config.eval_data, "--eval_data")
     eval_passages = {r.positive for r in eval_records}
-    data = _load_data(config.data, config.feedback)
+    with tempfile.TemporaryDirectory(prefix="qaembed-feedback-") as fetched:
+        feedback = [str(f) for f in data_files(config.feedback) if not f.is_file() or f.stat().st_size > 0]
+        if config.feedback_url:
+            feedback += fetch_feedback(config.feedback_url, Path(fetched) / "feedback.jsonl", log)
+        data = _load_data(config.data, feedback)
     train_records, excluded = _exclude_passages(data.records, eval_passages)
     if not train_records:
         raise ExportError("no training data left once the evaluation passages are excluded")
@@ -112,6 +125,27 @@ def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
     log(f"{'PROMOTED' if decision['promoted'] else 'REJECTED'} {candidate.version}: {decision['reason']} "
         f"(report: {path})")
     return report
+
+
+def fetch_feedback(url: str, out: Path, log: Callable[[str], None] = print) -> list[str]:
+    """GET ``url`` (a service's ``/feedback/export``) into ``out``; ``[]`` when it holds no feedback yet.
+
+    The admin key comes from ``QAEMBED_ADMIN_API_KEY`` (never a flag: flags show in process lists).
+    """
+    key = os.environ.get("QAEMBED_ADMIN_API_KEY")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            out.write_bytes(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode("utf-8", "replace")[:300]
+        hint = " (set QAEMBED_ADMIN_API_KEY to the service's admin key)" if error.code in (401, 403) else ""
+        raise ExportError(f"feedback from {url}: HTTP {error.code} {detail}{hint}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise ExportError(f"feedback from {url}: {getattr(error, 'reason', error)}") from None
+    rows = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
+    log(f"feedback: {rows} rows from {url}")
+    return [str(out)] if rows else []
 
 
 def write_report(registry: str | Path, name: str, report: dict) -> Path:

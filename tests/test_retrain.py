@@ -89,3 +89,41 @@ def test_retrain_without_eval_data_or_base_is_a_clear_error(tmp_path, capsys):
                        str(EXAMPLES / "example_qa_data.json"), "--eval_data", str(tmp_path / "missing.jsonl")])
     assert code == 1
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_feedback_url_fetches_and_explains_http_failures(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from export.errors import ExportError
+    from export.retrain import fetch_feedback
+
+    rows = '{"question": "q", "positive": "p", "negatives": ["n"]}\n'
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            authorised = self.headers.get("Authorization") == "Bearer admin-key"
+            status, body = (200, rows if self.path == "/feedback/export" else "") if authorised else (401, "{}")
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        monkeypatch.delenv("QAEMBED_ADMIN_API_KEY", raising=False)
+        with pytest.raises(ExportError, match="HTTP 401.*QAEMBED_ADMIN_API_KEY"):
+            fetch_feedback(url + "/feedback/export", tmp_path / "f.jsonl", log=lambda _: None)
+        monkeypatch.setenv("QAEMBED_ADMIN_API_KEY", "admin-key")
+        assert fetch_feedback(url + "/feedback/export", tmp_path / "f.jsonl", log=lambda _: None) == [
+            str(tmp_path / "f.jsonl")]
+        assert load_qa_data([tmp_path / "f.jsonl"]).records[0].negatives == ("n",)
+        assert fetch_feedback(url + "/none-yet", tmp_path / "g.jsonl", log=lambda _: None) == []
+    finally:
+        server.shutdown()
+    with pytest.raises(ExportError, match="feedback from http://127.0.0.1:"):
+        fetch_feedback(url + "/feedback/export", tmp_path / "h.jsonl", log=lambda _: None)

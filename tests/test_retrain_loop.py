@@ -11,6 +11,7 @@ int8 is not gated on tiny evaluation sets). Every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -156,8 +157,14 @@ def test_feedback_retrain_swap_reject_rollback(loop):
         # ---- v2: trained on data + feedback, promoted; the service swaps under continuous traffic
         traffic = Traffic(svc.url, [q for q, _ in users])
         traffic.start()
-        second = retrain(reg, "--data", DATA, "--feedback", str(feedback), "--eval_data", eval_file,
-                         "--tolerance", "0.05", *FAST)  # the gate itself is tested in tests/test_retrain.py
+        # As the CronJob does it: feedback straight from the service, the admin key from the environment.
+        os.environ["QAEMBED_ADMIN_API_KEY"] = KEYS["QAEMBED_ADMIN_API_KEY"]
+        try:
+            second = retrain(reg, "--data", DATA, "--feedback_url", svc.url + "/feedback/export",
+                             "--eval_data", eval_file, "--tolerance", "0.05", *FAST)  # the gate: tests/test_retrain.py
+        finally:
+            del os.environ["QAEMBED_ADMIN_API_KEY"]
+        assert "qaembed-feedback-" in second["training"]["sources"][-1]  # the fetched file, not the one above
         assert second["promoted"] and second["candidate"] == "v0002", second["reason"]
         wait_for("the service to serve v0002", lambda: c.get("/info").json()["model"]["version"] == "v0002")
         reload = admin.get("/admin/reload").json()

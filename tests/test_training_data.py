@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,23 @@ def test_duplicates_dropped_across_files_and_counted(tmp_path):
     assert [(r.question, r.positive) for r in data.records] == [("S", "C"), ("S2", "C")]
     assert data.duplicates_dropped == 2
     assert data.passages == ["C"]
+
+
+def test_a_folder_stands_for_its_data_files(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write(folder, "b.csv", "question,answer\nS2,C2\n")
+    write(folder, "a.jsonl", '{"question": "S", "answer": "C"}\n')
+    write(folder, "notes.txt", "not data")
+    (folder / "nested").mkdir()
+    write(folder / "nested", "c.json", '[{"question": "S3", "answer": "C3"}]')
+    data = load_qa_data([folder])
+    assert [r.question for r in data.records] == ["S", "S2"]  # sorted, not recursive, other files ignored
+    assert [Path(s).name for s in data.sources] == ["a.jsonl", "b.csv"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no data file .* in .*empty"):
+        load_qa_data([empty])
 
 
 @pytest.mark.parametrize(

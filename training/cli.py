@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="defaults of the guide's trainers: turkish-bert (finetune_turkish_bert_qa.py) or bge")
     p.add_argument("--data_path", nargs="+",
-                   help="one or more .json/.jsonl/.csv files (duplicates removed across them)")
+                   help="one or more .json/.jsonl/.csv files or folders of them (duplicates removed across them)")
     p.add_argument("--output_dir", help="model folder to write (default: the preset's)")
     p.add_argument("--model_name", help="hub id or local folder (default: the preset's); "
                    "sentence-transformers/all-MiniLM-L6-v2 loads offline from the bundled package")

@@ -66,14 +66,33 @@ class QAData:
 
 
 def load_qa_data(paths: Sequence[str | Path]) -> QAData:
-    """Load several files, validate every record and drop exact duplicate pairs across all of them."""
-    if not paths:
-        raise DataError("no data file given")
+    """Load several files, validate every record and drop exact duplicate pairs across all of them.
+
+    A folder stands for the data files directly inside it (see :func:`data_files`).
+    """
+    files = data_files(paths)
+    if not files:
+        raise DataError(f"no data file ({', '.join(SUPPORTED_EXTENSIONS)}) in {', '.join(map(str, paths)) or '(none)'}")
     records: list[QARecord] = []
-    for path in paths:
+    for path in files:
         records.extend(load_qa_file(path))
     unique, dropped = deduplicate(records)
-    return QAData(records=tuple(unique), duplicates_dropped=dropped, sources=tuple(str(p) for p in paths))
+    return QAData(records=tuple(unique), duplicates_dropped=dropped, sources=tuple(str(p) for p in files))
+
+
+def data_files(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths`` with each folder replaced by its data files (sorted, not recursive).
+
+    A mounted data volume (``/data/train``) is then one argument however many files it holds.
+    Other entries are kept as given, so a missing or misnamed file still gets its own clear error.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SUPPORTED_EXTENSIONS)
+        else:
+            files.append(path)
+    return files
 
 
 def load_qa_file(path: str | Path) -> list[QARecord]:
