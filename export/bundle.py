@@ -9,7 +9,8 @@ Layout::
 Publishing is atomic: files are written into a staging folder inside ``<registry>/<name>/`` (same
 filesystem), fsynced, renamed into place, and only then is ``LATEST`` replaced (temp file +
 ``os.replace``). A crash at any point leaves the old or the new version visible, never a half one;
-an abandoned staging folder (``.staging-*``) is never listed or opened.
+an abandoned staging folder (``.staging-*``, e.g. after a killed export) is never listed or opened,
+and the next export removes it once it is a day old (no live export leaves its folder untouched that long).
 
 This module needs only the standard library: the torch-free serving image imports it.
 
@@ -53,6 +54,7 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^v(\d{4,})$")
 _STAGING_PREFIX = ".staging-"
+STALE_STAGING_S = 24 * 3600
 
 
 class BundleError(Exception):
@@ -184,6 +186,7 @@ def new_staging_dir(registry: str | Path, name: str) -> Path:
     """A fresh, empty staging folder for ``name`` on the registry's filesystem (so the final rename is atomic)."""
     folder = Path(registry) / validate_name(name)
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale_staging(folder)
     staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=folder))
     staging.chmod(0o755)  # mkdtemp makes it owner-only; the serving user must be able to read the version
     return staging
@@ -251,6 +254,20 @@ def discard_staging(staging: str | Path) -> None:
     staging = Path(staging)
     if staging.name.startswith(_STAGING_PREFIX):
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_stale_staging(folder: str | Path, older_than_s: float = STALE_STAGING_S) -> list[Path]:
+    """Remove staging folders in ``folder`` untouched for ``older_than_s`` (left by killed exports)."""
+    cutoff = datetime.now(timezone.utc).timestamp() - older_than_s
+    stale = [p for p in Path(folder).glob(_STAGING_PREFIX + "*") if p.is_dir() and _last_write(p) < cutoff]
+    for staging in stale:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stale
+
+
+def _last_write(folder: Path) -> float:
+    # The newest mtime inside: a live export that is still writing a large file keeps its folder fresh.
+    return max((p.stat().st_mtime for p in [folder, *folder.rglob("*")]), default=0.0)
 
 
 def sha256_file(path: str | Path) -> str:

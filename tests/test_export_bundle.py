@@ -179,3 +179,21 @@ def test_bundle_imports_without_torch():
 )
 def test_int8_target_follows_cpu_flags(flags, machine, expected):
     assert detect_int8_target(flags=flags, machine=machine) == expected
+
+
+def test_stale_staging_folders_of_killed_exports_are_swept(tmp_path):
+    import os
+    import time
+
+    from export.bundle import STALE_STAGING_S, list_versions
+
+    old = new_staging_dir(tmp_path, "demo")
+    (old / "model.onnx").write_bytes(b"half written when the export was killed")
+    past = time.time() - STALE_STAGING_S - 60
+    for path in (old / "model.onnx", old):
+        os.utime(path, (past, past))
+    live = new_staging_dir(tmp_path, "demo")  # another export, still writing
+    (live / "model.onnx").write_bytes(b"in progress")
+    assert not old.exists() and live.exists()
+    assert _publish(tmp_path).name == "v0001" and list_versions(tmp_path, "demo") == ["v0001"]
+    assert live.exists()  # a fresh staging folder is never taken for stale
