@@ -118,9 +118,10 @@ def _run_gates(model, staging: Path, variants, records, facts: dict, threads, fo
     if records:
         measured = gates.quality(records, {v: encoders[v] for v in ("onnx", "int8") if v in encoders},
                                  facts["query_prompt"])
-        result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.QUALITY_MAX_DROP,
-                             "pairs": len(records), **measured}
-        failures += gates.quality_failures(measured)
+        queries = len({r.question for r in records})
+        result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.allowed_drop(queries),
+                             "pairs": len(records), "questions": queries, **measured}
+        failures += gates.quality_failures(measured, queries)
         log("quality: " + ", ".join(f"{v} {gates.QUALITY_METRIC}={m[gates.QUALITY_METRIC]}"
                                      for v, m in measured.items()))
     if failures and not force:

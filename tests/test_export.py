@@ -88,6 +88,12 @@ def test_int8_quality_within_one_point_of_fp32(exported_bundle, example_data):
     assert gates.quality_failures(results) == []
     worse = {"onnx": {"mrr@10": 0.70}, "int8": {"mrr@10": 0.68}}
     assert gates.quality_failures(worse) == ["int8: mrr@10 0.6800 is 2.00 points below fp32 0.7000 (allowed 1.0)"]
+    assert gates.quality_failures(worse, queries=500) == [
+        "int8: mrr@10 0.6800 is 2.00 points below fp32 0.7000 (allowed 1.0 on 500 questions)"]
+    # On 16 questions one rank change is 6 points: a 2-point drop is noise, a 10-point drop is not.
+    assert gates.quality_failures(worse, queries=16) == []
+    assert gates.quality_failures({"onnx": {"mrr@10": 0.70}, "int8": {"mrr@10": 0.60}}, queries=16) == [
+        "int8: mrr@10 0.6000 is 10.00 points below fp32 0.7000 (allowed 6.2 on 16 questions)"]
 
 
 def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
