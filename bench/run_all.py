@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ROOT / "docs" / "benchmarks"
-ORDER = ("training", "export", "service")
+ORDER = ("training", "export", "service", "index")
 
 
 def assemble() -> Path:

@@ -1,7 +1,11 @@
 """``python -m service --registry DIR --name NAME [--version V] [--data_dir DIR] [--corpus FILE] ...``
 
 ``python -m service export-feedback --data_dir DIR --out feedback.jsonl`` writes the collected
-feedback as training data instead (no server needed; see :mod:`service.feedback`).
+feedback as training data instead (no server needed; see :mod:`service.feedback`; with
+``QAEMBED_INDEX=milvus`` it reads the feedback collection in Milvus).
+
+``python -m service build-index --registry R --model M --name I --corpus FILE...`` publishes a
+read-only index bundle (:mod:`service.index_bundle`).
 
 Runs uvicorn on the app. SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
 (up to 30 s), then snapshot/flush the write-ahead log and exit 0. Exit 2 for bad settings, 1 when
@@ -25,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from .feedback import main as export_feedback
 
         return export_feedback(argv[1:])
+    if argv[:1] == ["build-index"]:
+        from .index_bundle import main as build_index
+
+        return build_index(argv[1:])
     try:
         settings = Settings.from_sources(argv)
         settings.require_model()

@@ -36,7 +36,7 @@ from starlette.routing import Match
 from . import feedback as feedback_records
 from .auth import KeyChecker
 from .engine import DocIn, Engine, ModelLoader
-from .errors import ClientGone, TooLarge, Unprocessable, error_body, install_error_handlers
+from .errors import ClientGone, IndexUnavailable, TooLarge, Unprocessable, error_body, install_error_handlers
 from .metrics import ServiceMetrics
 from .settings import Settings
 
@@ -371,14 +371,22 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     async def ready() -> Response:
         if not engine.ready:
             message = engine.error if engine.state == "failed" else f"the service is {engine.state}"
+            if engine.waiting_for and engine.state == "starting":
+                message += f", waiting for {engine.waiting_for}"
             return _json(error_body(503, "not_ready", message), status=503)
-        gen = engine.gen
+        try:
+            async with engine.use() as gen:  # a Milvus that went away makes the replica unready
+                await gen.run(gen.collection.check)
+                documents = await gen.run(len, gen.collection)
+        except IndexUnavailable as exc:
+            log.warning("not ready: %s", exc.message)
+            return _json(error_body(503, "not_ready", exc.message), status=503)
         return _json({"status": "ready", "model": gen.model.spec.name, "version": gen.version,
-                      "documents": len(gen.collection)})
+                      "documents": documents})
 
     @app.get("/info", summary="Model, index and limits")
     async def info() -> Response:
-        body = engine.info()
+        body = await asyncio.to_thread(engine.info)  # a Milvus collection counts its documents remotely
         body["settings"] = settings.public()
         return _json(body)
 

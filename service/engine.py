@@ -10,6 +10,12 @@ closed when its last request finishes.
 Writes (upsert/delete/feedback) are serialised by one lock: embed → append to the WAL + fsync →
 apply to the collection → acknowledge.
 
+Where documents live is the collection's business (:mod:`service.collection`): the embedded FAISS
+collection made durable by the service's WAL (default), Milvus (``--index milvus``: no WAL, no
+data dir; a model change re-embeds into the new version's collection and switches the alias, see
+:mod:`service.milvus`), or a read-only index bundle (:mod:`service.index_bundle`: writes are
+refused, a reload loads the new bundle's collection instead of re-embedding).
+
 With ``--reload_interval`` the engine polls ``<registry>/<name>/LATEST`` and reloads when it names
 another version than the one serving (a promotion or a rollback); a version that fails to load is
 logged, counted in ``qaembed_reloads_total{result="failed"}`` and not retried until LATEST moves
@@ -39,8 +45,10 @@ import faiss
 import numpy as np
 
 from . import feedback as feedback_records
-from .errors import NotFound, NotReady, Overloaded, ServiceError, Unprocessable
-from .index import Collection, Document, Hit, IndexConfig
+from .collection import Document, DocumentCollection, Hit
+from .errors import IndexUnavailable, NotFound, NotReady, Overloaded, ReadOnlyIndex, ServiceError, Unprocessable
+from .index import Collection, IndexConfig
+from .index_bundle import load_collection
 from .metrics import ServiceMetrics
 from .model import EmbeddingModel, load_model
 from .settings import Settings
@@ -65,12 +73,13 @@ class ReloadBusy(ServiceError):
 class Generation:
     """A model and the collection embedded with it, plus the single thread that touches the index."""
 
-    def __init__(self, model: EmbeddingModel, collection: Collection, search_threads: int = 1) -> None:
+    def __init__(self, model: EmbeddingModel, collection: DocumentCollection, search_threads: int = 1) -> None:
         self.model = model
         self.collection = collection
         # OpenMP's thread count is per calling thread: set it in the index thread itself (left at the
         # default, FAISS spins up a team per search that fights inference for the cores).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"index-{model.spec.version}",
+        self._executor = ThreadPoolExecutor(max_workers=collection.workers,
+                                            thread_name_prefix=f"index-{model.spec.version}",
                                             initializer=faiss.omp_set_num_threads, initargs=(search_threads,))
         self.users = 0
         self.retired = False
@@ -115,7 +124,7 @@ class Generation:
         return self.model.spec.version
 
     async def run(self, fn: Callable, *args):
-        """Run ``fn`` on this generation's index thread (FAISS GPU indexes need one thread)."""
+        """Run ``fn`` on this generation's index thread(s) (FAISS GPU indexes need one thread)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
@@ -124,6 +133,7 @@ class Generation:
         self.closed = True
         self.model.close()
         self._executor.shutdown(wait=True)
+        self.collection.close()
 
 
 def corpus_id(text: str) -> str:
@@ -142,6 +152,8 @@ class Engine:
         self.state = "starting"
         self.error: str | None = None
         self.store: DurableStore | None = None
+        self.milvus = None  # service.milvus.MilvusStore with --index milvus
+        self.waiting_for: str | None = None  # what a start is waiting for (shown by /ready)
         self._write_lock = asyncio.Lock()
         self._pending: list[tuple] | None = None  # writes made while a reload re-embeds
         self._reload_task: asyncio.Task | None = None
@@ -173,6 +185,83 @@ class Engine:
     async def _start(self) -> None:
         s = self.settings
         model = await asyncio.to_thread(self.loader, s, self.metrics, s.version)
+        bundled = bool(model.spec.extra.get("index"))
+        if s.index == "milvus" and bundled:
+            raise ValueError(f"{model.spec.name} is a read-only FAISS index bundle: serve it without --index milvus")
+        if s.index == "milvus":
+            await self._connect_milvus()
+            collection = await self._milvus_collection(model, switch=True)
+            self.gen = Generation(model, collection, self.settings.index_threads)
+            if s.data_dir is not None:
+                log.warning("--data_dir is not used with --index milvus: documents and feedback live in Milvus")
+        else:
+            await self._start_embedded(model, bundled)
+        self._publish_model()
+        if s.corpus and not bundled:
+            await self._load_corpus()
+        self.metrics.documents.set(await self.gen.run(len, self.gen.collection))
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.info("ready: %s", {k: v for k, v in self.gen.collection.info().items() if k != "model_version"})
+        if s.latest_poll_s > 0 and s.registry is not None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_latest(s.latest_poll_s))
+        elif s.version is not None and s.reload_interval:
+            log.warning("--version %s is pinned: --reload_interval is ignored", s.version)
+
+    async def _connect_milvus(self) -> None:
+        """Connect, retrying until ``--ready_timeout_s``: Milvus may start after the replicas."""
+        from .milvus import MilvusStore  # pymilvus only with --index milvus
+
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while True:
+            try:
+                self.milvus = await asyncio.to_thread(MilvusStore, self.settings)
+                await asyncio.to_thread(self.milvus.ping)
+                self.waiting_for = None
+                return
+            except IndexUnavailable as exc:
+                if self.waiting_for != exc.message:
+                    log.warning("waiting for Milvus: %s", exc.message)
+                self.waiting_for = exc.message
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(2)
+
+    async def _milvus_source(self, target):
+        """The collection the alias names when it is not ``target`` (another model's vectors), else None."""
+        serving = await asyncio.to_thread(self.milvus.serving)
+        return await asyncio.to_thread(self.milvus.attach, serving) if serving not in (None, target.name) else None
+
+    async def _milvus_collection(self, model: EmbeddingModel, switch: bool,
+                                 progress: Callable[[int], None] | None = None):
+        """The Milvus collection of ``model``'s version, brought up to date with the one serving now
+        (re-embedding what it lacks); with ``switch`` the alias moves to it at once."""
+        from .milvus import fill
+
+        target = await asyncio.to_thread(self.milvus.open, model.spec.version, model.dimension)
+        source = await self._milvus_source(target)
+        embedded = await fill(source, target, model.embed_bulk, model.bulk_chunk, progress)
+        if source is not None:
+            log.info("collection %s: %d documents re-embedded from %s", target.name, embedded, source.name)
+        if switch:
+            await self._milvus_switch(model, target)
+        return target
+
+    async def _milvus_switch(self, model: EmbeddingModel, target) -> None:
+        """Move the alias to ``target``, then re-embed what was written to the old collection since the
+        last pass (this replica's writes during a reload, other replicas' until they saw the switch)."""
+        from .milvus import fill
+
+        source = await self._milvus_source(target)
+        await asyncio.to_thread(self.milvus.switch, target)
+        caught_up = await fill(source, target, model.embed_bulk, model.bulk_chunk)
+        if caught_up:
+            log.info("collection %s: %d recent writes caught up", target.name, caught_up)
+
+    async def _start_embedded(self, model: EmbeddingModel, bundled: bool) -> None:
+        """FAISS in process: from a read-only index bundle, or recovered from --data_dir (re-embedding
+        what another model version embedded)."""
+        s = self.settings
         docs: list[Document] = []
         vectors = np.empty((0, model.dimension), np.float32)
         stale: list[Document] = []
@@ -181,6 +270,8 @@ class Engine:
             self.store = DurableStore(s.data_dir)
             state = await asyncio.to_thread(self.store.recover)
             replayed = state.replayed
+            if bundled:  # the data dir holds feedback only; documents come from the bundle
+                state.docs.clear()
             fresh_vectors = []
             for doc_id, d in state.docs.items():
                 doc = Document(doc_id, d.text, d.metadata)
@@ -194,7 +285,7 @@ class Engine:
                 vectors = np.stack(fresh_vectors).astype(np.float32)
             log.info("recovered %d documents (snapshot seq %d, %d WAL records replayed, %d to re-embed)",
                      len(state.docs), state.snapshot_seq, state.replayed, len(stale))
-        else:
+        elif not bundled:
             log.warning("no --data_dir: documents live in memory only and are lost on restart")
         if stale:
             t0 = time.perf_counter()
@@ -203,24 +294,16 @@ class Engine:
             vectors = np.concatenate([vectors, new]) if len(vectors) else new
             log.info("re-embedded %d documents with %s in %.1fs", len(stale), model.spec.version,
                      time.perf_counter() - t0)
-        collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
-                                             model.spec.version, docs, vectors)
+        if bundled:
+            collection = await asyncio.to_thread(load_collection, model.spec, self.index_config)
+        else:
+            collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                                 model.spec.version, docs, vectors)
         self.gen = Generation(model, collection, self.settings.index_threads)
-        self._publish_model()
         if self.store is not None:
             self.store.open_log()
             if stale or replayed:
                 await self.snapshot()
-        if s.corpus:
-            await self._load_corpus()
-        self.metrics.documents.set(len(self.gen.collection))
-        self.state = "ready"
-        self.metrics.ready.set(1)
-        log.info("ready: %d documents, index %s", len(self.gen.collection), self.gen.collection.index.kind)
-        if s.latest_poll_s > 0 and s.registry is not None:
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch_latest(s.latest_poll_s))
-        elif s.version is not None and s.reload_interval:
-            log.warning("--version %s is pinned: --reload_interval is ignored", s.version)
 
     async def _load_corpus(self) -> None:
         from training.data import load_qa_data  # torch-free
@@ -229,7 +312,7 @@ class Engine:
         sources = ",".join(p.name for p in self.settings.corpus)
         gen = self.gen
         new = [DocIn(corpus_id(text), text, {"source": sources}) for text in data.passages
-               if (gen.collection.get(corpus_id(text)) is None)]
+               if (await gen.run(gen.collection.get, corpus_id(text))) is None]
         step = gen.model.bulk_chunk
         for start in range(0, len(new), step):
             while True:
@@ -266,6 +349,8 @@ class Engine:
             self.store.close()
         if self.gen is not None:
             await asyncio.to_thread(self.gen.close)
+        if self.milvus is not None:
+            self.milvus.close()
 
     # ------------------------------------------------------------------ generations
     @contextlib.asynccontextmanager
@@ -297,7 +382,7 @@ class Engine:
 
     async def get(self, doc_id: str) -> Document:
         async with self.use() as gen:
-            doc = gen.collection.get(doc_id)
+            doc = await gen.run(gen.collection.get, doc_id)
         if doc is None:
             raise NotFound(f"no document with id {doc_id!r}")
         return doc
@@ -310,6 +395,7 @@ class Engine:
         texts = [t for _, t, _ in items]
         while True:
             async with self.use(internal) as gen:
+                self._check_writable(gen)
                 result, _ = await gen.model.embed(texts, disconnected=disconnected)
                 async with self._write_lock:
                     if gen is not self.gen:  # a reload swapped models meanwhile: embed again
@@ -319,21 +405,28 @@ class Engine:
                     await gen.run(gen.collection.upsert, items, result.vectors)
                     if self._pending is not None:
                         self._pending.append(("upsert", items))
-                    self.metrics.documents.set(len(gen.collection))
+                    self.metrics.documents.set(await gen.run(len, gen.collection))
                     self._maybe_snapshot()
                 return [i for i, _, _ in items]
+
+    @staticmethod
+    def _check_writable(gen: Generation) -> None:
+        if gen.collection.read_only:
+            raise ReadOnlyIndex(f"this replica serves the read-only index bundle {gen.model.spec.name}/"
+                                f"{gen.version}: publish a new version (python -m service build-index) instead")
 
     async def delete(self, doc_id: str) -> None:
         async with self.use() as gen, self._write_lock:
             gen = self.gen
-            if gen.collection.get(doc_id) is None:
+            self._check_writable(gen)
+            if await gen.run(gen.collection.get, doc_id) is None:
                 raise NotFound(f"no document with id {doc_id!r}")
             if self.store is not None:
                 await asyncio.to_thread(self.store.append_delete, [doc_id])
             await gen.run(gen.collection.delete, [doc_id])
             if self._pending is not None:
                 self._pending.append(("delete", [doc_id]))
-            self.metrics.documents.set(len(gen.collection))
+            self.metrics.documents.set(await gen.run(len, gen.collection))
             self._maybe_snapshot()
 
     # ------------------------------------------------------------------ feedback
@@ -342,17 +435,19 @@ class Engine:
         documents recorded. 404 for an unknown ``doc_id``, 422 for unknown ``shown_ids``."""
         async with self.use() as gen, self._write_lock:
             gen = self.gen
-            doc = gen.collection.get(doc_id)
+            doc = await gen.run(gen.collection.get, doc_id)
             if doc is None:
                 raise NotFound(f"no document with id {doc_id!r}")
-            shown = {i: gen.collection.get(i) for i in dict.fromkeys(shown_ids)}
+            shown = {i: await gen.run(gen.collection.get, i) for i in dict.fromkeys(shown_ids)}
             unknown = [i for i, d in shown.items() if d is None]
             if unknown:
                 raise Unprocessable(f"shown_ids: no document with id {', '.join(map(repr, unknown[:5]))}"
                                     + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
             record = feedback_records.make_record(query, (doc.id, doc.text),
                                                   [(d.id, d.text) for d in shown.values()], label)
-            if self.store is not None:
+            if self.milvus is not None:  # where every replica and the retraining Job read it
+                await asyncio.to_thread(self.milvus.add_feedback, record)
+            elif self.store is not None:
                 await asyncio.to_thread(self.store.append_feedback, record)
                 self._maybe_snapshot()
             else:
@@ -363,6 +458,8 @@ class Engine:
     async def feedback(self) -> list[dict]:
         """Every feedback record stored, oldest first."""
         async with self.use():
+            if self.milvus is not None:
+                return await asyncio.to_thread(self.milvus.read_feedback)
             if self.store is None:
                 return list(self._feedback)
             return await asyncio.to_thread(self.store.read_feedback)
@@ -380,9 +477,12 @@ class Engine:
         async with self._write_lock:
             gen = self.gen
             seq = self.store.rotate()
-            docs, vectors = await gen.run(gen.collection.live)
-            if gen.collection.needs_rebuild():
-                await gen.run(gen.collection.rebuild)
+            if gen.collection.read_only:  # documents live in the bundle; the data dir keeps feedback only
+                docs, vectors = [], np.empty((0, gen.model.dimension), np.float32)
+            else:
+                docs, vectors = await gen.run(gen.collection.live)
+                if gen.collection.needs_rebuild():
+                    await gen.run(gen.collection.rebuild)
         await asyncio.to_thread(self.store.write_snapshot, seq, docs, vectors, gen.model.spec.name, gen.version)
 
     # ------------------------------------------------------------------ reload
@@ -411,33 +511,31 @@ class Engine:
                 return
             async with self._write_lock:
                 self._pending = []
-                docs, _ = await old.run(old.collection.live)
-            status.update(state="re-embedding", documents=len(docs), done=0)
-            vectors = await model.embed_bulk([d.text for d in docs],
-                                             progress=lambda n: status.__setitem__("done", n))
-            collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
-                                                 model.spec.version, docs, vectors)
+            collection = await self._next_collection(model, old, status)
             new = Generation(model, collection, self.settings.index_threads)
             status["state"] = "swapping"
             async with self._write_lock:
                 pending, self._pending = self._pending, None
-                for op, payload in pending:  # writes made while we re-embedded, in order
-                    if op == "upsert":
-                        result, _ = await model.embed([t for _, t, _ in payload])
-                        await new.run(collection.upsert, payload, result.vectors)
-                    else:
-                        await new.run(collection.delete, payload)
+                if self.milvus is not None:  # writes made meanwhile sit in the old collection: catch up
+                    await self._milvus_switch(model, collection)
+                else:
+                    for op, payload in pending:  # writes made while we re-embedded, in order
+                        if op == "upsert":
+                            result, _ = await model.embed([t for _, t, _ in payload])
+                            await new.run(collection.upsert, payload, result.vectors)
+                        else:
+                            await new.run(collection.delete, payload)
                 old = self.gen
                 self.gen = new  # the atomic swap: model and index together
                 self._publish_model()
-                self.metrics.documents.set(len(collection))
+                self.metrics.documents.set(await new.run(len, collection))
                 old.retired = True
                 if old.users == 0:
                     asyncio.get_running_loop().run_in_executor(None, old.close)
             model = None
             status.update(state="done", finished_at=time.time())
             self.metrics.reloads.labels("done").inc()
-            log.info("reloaded %s → %s (%d documents re-embedded)", status["from"], status["to"], len(docs))
+            log.info("reloaded %s → %s (%s)", status["from"], status["to"], collection.info())
             if self.store is not None:
                 await self.snapshot()
         except asyncio.CancelledError:
@@ -451,6 +549,22 @@ class Engine:
             self._pending = None
             if model is not None:
                 await asyncio.to_thread(model.close)
+
+    async def _next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> DocumentCollection:
+        """The collection for ``model``: the new bundle's (read-only), Milvus' (re-embedded there), or the
+        old generation's documents re-embedded into a new FAISS collection."""
+        progress = lambda n: status.__setitem__("done", n)  # noqa: E731
+        if model.spec.extra.get("index"):
+            status.update(state="loading index")
+            return await asyncio.to_thread(load_collection, model.spec, self.index_config)
+        if self.milvus is not None:
+            status.update(state="re-embedding", done=0)
+            return await self._milvus_collection(model, switch=False, progress=progress)
+        docs, _ = await old.run(old.collection.live)
+        status.update(state="re-embedding", documents=len(docs), done=0)
+        vectors = await model.embed_bulk([d.text for d in docs], progress=progress)
+        return await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                       model.spec.version, docs, vectors)
 
     async def _watch_latest(self, interval: float) -> None:
         """Reload whenever LATEST names a version other than the one serving (promotion or rollback)."""
@@ -496,7 +610,8 @@ class Engine:
                        "max_seq_length": gen.model.spec.max_seq_length if gen else None},
             "queue": {"size": gen.model.queue.size if gen else 0, "capacity": s.max_queue_size},
             "durability": {"data_dir": str(s.data_dir) if s.data_dir else None,
-                           "wal_seq": self.store.seq if self.store else None},
+                           "wal_seq": self.store.seq if self.store else None,
+                           "milvus_uri": s.milvus_uri if self.milvus else None},
             "reload": self.reload_status,
             "latest_watch": self.watch_status,
             "auth": {"api_key": bool(s.api_key), "admin_api_key": bool(s.admin_api_key)},

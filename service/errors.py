@@ -54,6 +54,12 @@ class NotFound(ServiceError):
     status, type = 404, "not_found"
 
 
+class ReadOnlyIndex(ServiceError):
+    """The replica serves a published, read-only index bundle: documents change by publishing a new one."""
+
+    status, type = 405, "read_only_index"
+
+
 class Conflict(ServiceError):
     status, type = 409, "conflict"
 
@@ -72,6 +78,15 @@ class Overloaded(ServiceError):
 
 class NotReady(ServiceError):
     status, type = 503, "not_ready"
+
+
+class IndexUnavailable(ServiceError):
+    """The document store (a Milvus server) cannot be reached or refused the call; retry later."""
+
+    status, type = 503, "index_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class ClientGone(Exception):

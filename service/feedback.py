@@ -20,7 +20,9 @@ becomes is what the user actually judged even if a document is edited or deleted
 Queries are compared exactly after trimming surrounding whitespace.
 
 ``python -m service export-feedback --data_dir DIR --out feedback.jsonl`` writes the same file as
-``GET /feedback/export`` from a data directory, with or without a server running on it.
+``GET /feedback/export`` from a data directory, with or without a server running on it; with
+``QAEMBED_INDEX=milvus`` (and ``QAEMBED_MILVUS_URI``, ``QAEMBED_NAME``) from the Milvus feedback
+collection that every replica writes to.
 
 Example::
 
@@ -100,29 +102,49 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m service export-feedback``: exit 0 written, 2 bad arguments or data directory."""
+    """``python -m service export-feedback``: exit 0 written, 2 bad arguments, data directory or Milvus."""
+    from .errors import IndexUnavailable
+    from .settings import Settings, SettingsError
     from .store import DurableStore, StoreError
 
     parser = argparse.ArgumentParser(
         prog="python -m service export-feedback",
-        description="Write the feedback collected in a data directory as training data (JSONL), "
-                    "safe while a server is running on it.")
+        description="Write the feedback collected in a data directory (or, with QAEMBED_INDEX=milvus, in the "
+                    "Milvus feedback collection) as training data (JSONL), safe while servers run.")
     parser.add_argument("--data_dir", type=Path, default=os.environ.get("QAEMBED_DATA_DIR") or None,
                         help="the service's --data_dir (default: QAEMBED_DATA_DIR)")
     parser.add_argument("--out", type=Path, required=True, help="output file, .jsonl")
     args = parser.parse_args(argv)
-    if args.data_dir is None:
-        parser.error("--data_dir (or QAEMBED_DATA_DIR) is required")
     if args.out.suffix.lower() != ".jsonl":
         parser.error(f"--out must end in .jsonl (training.data reads by extension), got {args.out}")
-    if not (Path(args.data_dir) / "wal").is_dir():
-        print(f"error: {args.data_dir} is not a service data directory (no wal/)", file=sys.stderr)
-        return 2
-    try:
-        records = DurableStore(args.data_dir, create=False).read_feedback()
-    except (StoreError, OSError, ValueError) as exc:
+    try:  # the serving pods' settings (QAEMBED_INDEX, QAEMBED_MILVUS_*, QAEMBED_NAME) name the store
+        settings = Settings.from_sources([])
+    except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.index == "milvus":
+        from .milvus import MilvusStore
+
+        try:
+            store = MilvusStore(settings)
+            try:
+                records = store.read_feedback()
+            finally:
+                store.close()
+        except IndexUnavailable as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+    else:
+        if args.data_dir is None:
+            parser.error("--data_dir (or QAEMBED_DATA_DIR) is required")
+        if not (Path(args.data_dir) / "wal").is_dir():
+            print(f"error: {args.data_dir} is not a service data directory (no wal/)", file=sys.stderr)
+            return 2
+        try:
+            records = DurableStore(args.data_dir, create=False).read_feedback()
+        except (StoreError, OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     rows, stats = to_training(records)
     write_jsonl(rows, args.out)
     print(json.dumps({"out": str(args.out), **stats}), file=sys.stderr)

@@ -34,11 +34,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
+
+from .collection import Document, DocumentCollection, Hit
 
 log = logging.getLogger("service.index")
 
@@ -89,13 +92,20 @@ def faiss_gpus() -> int:
 class VectorIndex:
     """One FAISS index with int64 labels, tombstones and per-search parameters."""
 
-    def __init__(self, dim: int, kind: str, config: IndexConfig, train: np.ndarray | None = None) -> None:
+    def __init__(self, dim: int, kind: str, config: IndexConfig, train: np.ndarray | None = None,
+                 prebuilt: faiss.Index | None = None) -> None:
+        """``prebuilt``: an index of type ``kind`` read back with ``faiss.read_index`` (already trained)."""
         self.dim, self.kind, self.config = dim, kind, config
         self.dead: set[int] = set()
         self._dead_selector = None
         self.nlist = 0
         metric = faiss.METRIC_INNER_PRODUCT
-        if kind == "flat":
+        if prebuilt is not None:
+            index = prebuilt
+            if kind.startswith("ivf"):
+                ivf = faiss.extract_index_ivf(index)
+                ivf.nprobe, self.nlist = config.nprobe, int(ivf.nlist)
+        elif kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif kind in ("ivf", "ivf-sq8", "ivf-pq"):
             assert train is not None and len(train) > 0, "IVF needs training vectors"
@@ -190,22 +200,6 @@ def _sample(vectors: np.ndarray, limit: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[rng.choice(len(vectors), limit, replace=False)], dtype=np.float32)
 
 
-@dataclass(frozen=True, slots=True)
-class Document:
-    id: str
-    text: str
-    metadata: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    doc: Document
-    score: float
-
-    def to_json(self) -> dict:
-        return {"id": self.doc.id, "text": self.doc.text, "score": self.score, "metadata": dict(self.doc.metadata)}
-
-
 def _meta_keys(metadata: Mapping[str, object]) -> Iterable[tuple[str, str]]:
     for key, value in metadata.items():
         values = value if isinstance(value, list) else [value]
@@ -214,18 +208,18 @@ def _meta_keys(metadata: Mapping[str, object]) -> Iterable[tuple[str, str]]:
                 yield key, json.dumps(v, sort_keys=True)
 
 
-class Collection:
+class Collection(DocumentCollection):
     """Documents, their vectors (rows of one matrix; row = FAISS label) and the index over them.
 
-    A metadata filter ``{"key": value}`` matches documents whose metadata ``key`` equals ``value``
-    (or contains it, for list values); ``{"key": [v1, v2]}`` matches any of the values; several
-    keys must all match.
+    Filters as in :mod:`service.collection`. ``read_only`` marks a collection loaded from a
+    published index bundle (:mod:`service.index_bundle`).
     """
 
-    def __init__(self, dim: int, config: IndexConfig, model_version: str = "") -> None:
+    def __init__(self, dim: int, config: IndexConfig, model_version: str = "", read_only: bool = False) -> None:
         self.dim = dim
         self.config = config
         self.model_version = model_version
+        self.read_only = read_only
         self.docs: dict[str, tuple[Document, int]] = {}
         self._by_label: list[str | None] = []
         self._vectors = np.empty((0, dim), dtype=np.float32)
@@ -254,22 +248,26 @@ class Collection:
         last = {doc_id: i for i, (doc_id, _, _) in enumerate(items)}
         keep = sorted(last.values())
         self.delete([items[i][0] for i in keep])
+        labels = self._append([items[i] for i in keep], vectors[keep])
+        self.index.add(labels, self._vectors[labels])
+
+    def _append(self, items: Sequence[tuple[str, str, Mapping[str, object]]], vectors: np.ndarray) -> np.ndarray:
+        """Store new rows (documents, vectors, metadata buckets) after the last one; returns their labels."""
         start = len(self._by_label)
-        need = start + len(keep)
+        need = start + len(items)
         if need > len(self._vectors):
             grown = np.empty((max(need, 2 * len(self._vectors), 1024), self.dim), dtype=np.float32)
             grown[:start] = self._vectors[:start]
             self._vectors = grown
         labels = np.arange(start, need, dtype=np.int64)
-        self._vectors[start:need] = vectors[keep]
-        for label, i in zip(labels.tolist(), keep, strict=True):
-            doc_id, text, metadata = items[i]
+        self._vectors[start:need] = vectors
+        for label, (doc_id, text, metadata) in zip(labels.tolist(), items, strict=True):
             doc = Document(doc_id, text, dict(metadata or {}))
             self.docs[doc_id] = (doc, label)
             self._by_label.append(doc_id)
             for key in _meta_keys(doc.metadata):
                 self._meta.setdefault(key, set()).add(label)
-        self.index.add(labels, self._vectors[start:need])
+        return labels
 
     def delete(self, ids: Iterable[str]) -> list[str]:
         removed, labels = [], []
@@ -331,6 +329,11 @@ class Collection:
     def _hit(self, label: int, score: float) -> Hit:
         return Hit(self.docs[self._by_label[label]][0], score)
 
+    def documents(self, batch_size: int) -> Iterator[list[Document]]:
+        docs, _ = self.live()
+        for start in range(0, len(docs), batch_size):
+            yield docs[start:start + batch_size]
+
     def live(self) -> tuple[list[Document], np.ndarray]:
         """Live documents in row order and their vectors (a copy): what a snapshot stores."""
         rows = [(label, doc_id) for label, doc_id in enumerate(self._by_label) if doc_id is not None]
@@ -349,9 +352,9 @@ class Collection:
 
     @classmethod
     def from_arrays(cls, dim: int, config: IndexConfig, model_version: str, docs: Sequence[Document],
-                    vectors: np.ndarray) -> Collection:
+                    vectors: np.ndarray, read_only: bool = False) -> Collection:
         """Build a collection (and its index, trained on ``vectors`` when needed) in one go."""
-        c = cls(dim, config, model_version)
+        c = cls(dim, config, model_version, read_only)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(docs), dim)
         kind = config.resolve(len(docs))
         if kind != "flat":
@@ -360,10 +363,43 @@ class Collection:
             c.upsert([(d.id, d.text, d.metadata) for d in docs], vectors)
         return c
 
+    SAVED = ("documents.jsonl", "vectors.npy", "index.faiss")
+
+    def save(self, folder: Path) -> dict:
+        """Write the live documents, their vectors and the trained index (tombstones compacted first) into
+        ``folder`` as :data:`SAVED`; returns facts for a manifest. :meth:`load` reads them back."""
+        if self.rows != len(self.docs):
+            self.rebuild()
+        docs, vectors = self.live()
+        with open(folder / "documents.jsonl", "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps({"id": d.id, "text": d.text, "metadata": dict(d.metadata)}, ensure_ascii=False)
+                        + "\n")
+        np.save(folder / "vectors.npy", vectors, allow_pickle=False)
+        index = self.index.index
+        faiss.write_index(faiss.index_gpu_to_cpu(index) if self.index.device == "cuda" else index,
+                          str(folder / "index.faiss"))
+        return {"type": self.index.kind, "documents": len(docs), "dimension": self.dim}
+
+    @classmethod
+    def load(cls, folder: Path, facts: Mapping, config: IndexConfig, model_version: str,
+             read_only: bool = True) -> Collection:
+        """The collection :meth:`save` wrote (the FAISS index is read, not retrained)."""
+        dim = int(facts["dimension"])
+        c = cls(dim, config, model_version, read_only)
+        with open(folder / "documents.jsonl", encoding="utf-8") as f:
+            items = [(d["id"], d["text"], d.get("metadata") or {}) for d in map(json.loads, f)]
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False).reshape(len(items), dim)
+        c._append(items, vectors)
+        c.index = VectorIndex(dim, facts["type"], config, prebuilt=faiss.read_index(str(folder / "index.faiss")))
+        if c.index.ntotal != len(items):
+            raise ValueError(f"{folder}: index has {c.index.ntotal} vectors for {len(items)} documents")
+        return c
+
     def info(self) -> dict:
         return {"type": self.index.kind, "documents": len(self.docs), "rows": self.rows,
                 "tombstones": self.rows - len(self.docs), "device": self.index.device,
                 "nlist": self.index.nlist or None,
                 "nprobe": self.config.nprobe if self.index.kind.startswith("ivf") else None,
                 "ef_search": self.config.ef_search if self.index.kind.startswith("hnsw") else None,
-                "model_version": self.model_version}
+                "model_version": self.model_version, "backend": "faiss", "read_only": self.read_only}

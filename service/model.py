@@ -136,7 +136,9 @@ def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpe
     return ModelSpec(name=bundle.name, version=bundle.version, tokenizer_path=bundle.tokenizer_path,
                      max_seq_length=bundle.max_seq_length, dimension=bundle.dimension,
                      query_prompt=bundle.query_prompt, onnx_path=onnx_path, variant=variant,
-                     torch_model=Path(torch_model) if torch_model else None)
+                     torch_model=Path(torch_model) if torch_model else None,
+                     # an index bundle (service.index_bundle) also carries the documents it embedded
+                     extra={"bundle_path": bundle.path, "index": bundle.manifest.get("index")})
 
 
 def load_model(settings: Settings, metrics: ServiceMetrics | None = None, version: str | None = None,

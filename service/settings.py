@@ -21,12 +21,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "QAEMBED_"
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "hnsw-sq8")
+FAISS_INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "hnsw-sq8")
+# --index: a FAISS index type ("faiss" = "auto") or "milvus" (documents live in a Milvus server/cluster)
+INDEX_TYPES = (*FAISS_INDEX_TYPES, "faiss", "milvus")
+MILVUS_INDEX_TYPES = ("AUTOINDEX", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
+MILVUS_CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
 VARIANTS = ("auto", "int8", "onnx", "onnx-optimized", "fp16")
 DEFAULT_RELOAD_INTERVAL = 30.0
 
@@ -83,6 +88,13 @@ class Settings:
     ef_search: int = 64
     pq_m: int = 48
     index_threads: int = 1  # FAISS OpenMP threads per search (inference has the other cores)
+    # --index milvus: documents, metadata, vectors and feedback live in Milvus; replicas are stateless
+    milvus_uri: str | None = None  # http(s)://host:19530, or a local Milvus Lite file "path.db"
+    milvus_token: str | None = field(default=None, repr=False)  # "user:password" or an API key
+    milvus_token_file: Path | None = None  # the token from a mounted Secret (read at start)
+    milvus_prefix: str = "qaembed"  # collections are <prefix>_<name>_<model version>, alias <prefix>_<name>
+    milvus_index_type: str = "AUTOINDEX"
+    milvus_consistency: str = "Strong"  # read-your-writes across replicas; Bounded is faster, seconds stale
     # durability
     snapshot_every: int = 1000  # WAL records between snapshots
     # model updates: poll <registry>/<name>/LATEST every this many seconds (0 = off; None = 30 unless
@@ -123,7 +135,7 @@ class Settings:
         add("--max_input_chars", type=int)
         add("--max_body_bytes", type=int)
         add("--max_top_k", type=int)
-        add("--index", choices=INDEX_TYPES)
+        add("--index", choices=INDEX_TYPES, help="FAISS index type (auto = faiss) or milvus")
         add("--flat_max", type=int)
         add("--nlist", type=int)
         add("--nprobe", type=int)
@@ -132,6 +144,12 @@ class Settings:
         add("--ef_search", type=int)
         add("--pq_m", type=int)
         add("--index_threads", type=int)
+        add("--milvus_uri", help="Milvus URI for --index milvus (http://host:19530 or a Milvus Lite file.db)")
+        add("--milvus_token", help="Milvus token (prefer QAEMBED_MILVUS_TOKEN or --milvus_token_file)")
+        add("--milvus_token_file", type=Path, help="file holding the Milvus token (a mounted Secret)")
+        add("--milvus_prefix", help="prefix of the Milvus collection and alias names")
+        add("--milvus_index_type", choices=MILVUS_INDEX_TYPES)
+        add("--milvus_consistency", choices=MILVUS_CONSISTENCY)
         add("--snapshot_every", type=int)
         add("--reload_interval", type=float,
             help=f"seconds between checks of LATEST for a new version (0 = off; default {DEFAULT_RELOAD_INTERVAL:g}, "
@@ -182,7 +200,9 @@ class Settings:
         if "corpus" in values and values["corpus"] is not None:
             corpus = values["corpus"]
             values["corpus"] = tuple(Path(p) for p in ([corpus] if isinstance(corpus, (str, Path)) else corpus))
-        for key in ("registry", "data_dir", "torch_model"):
+        if values.get("index") == "faiss":  # the embedded default, spelled by its engine's name
+            values["index"] = "auto"
+        for key in ("registry", "data_dir", "torch_model", "milvus_token_file"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])  # type: ignore[arg-type]
         known = {f.name for f in dataclasses.fields(cls)}
@@ -222,6 +242,14 @@ class Settings:
             raise SettingsError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.index == "milvus" and not self.milvus_uri:
+            raise SettingsError("--index milvus needs --milvus_uri (or QAEMBED_MILVUS_URI)")
+        if self.milvus_index_type not in MILVUS_INDEX_TYPES or self.milvus_consistency not in MILVUS_CONSISTENCY:
+            raise SettingsError(f"--milvus_index_type must be one of {', '.join(MILVUS_INDEX_TYPES)} and "
+                                f"--milvus_consistency one of {', '.join(MILVUS_CONSISTENCY)}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.milvus_prefix):
+            raise SettingsError(f"--milvus_prefix must be letters, digits and '_' (Milvus names), got "
+                                f"{self.milvus_prefix!r}")
         if set(self.api_key) & set(self.admin_api_key):
             raise SettingsError("--api_key and --admin_api_key must differ")
 
@@ -243,7 +271,7 @@ class Settings:
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("api_key", "admin_api_key"):
+            if f.name in ("api_key", "admin_api_key", "milvus_token"):
                 value = bool(value)
             elif isinstance(value, Path):
                 value = str(value)

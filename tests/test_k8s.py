@@ -1,6 +1,6 @@
-"""Kubernetes manifests and container build files (issue 5).
+"""Kubernetes manifests and container build files (issues 5 and 7).
 
-Renders both overlays with `kubectl kustomize`, validates them with `kubernetes-validate --strict`
+Renders every overlay with `kubectl kustomize`, validates them with `kubernetes-validate --strict`
 against current Kubernetes versions, checks the wiring between objects (selectors, names, claims,
 settings) and the security posture, and lints both Dockerfiles with hadolint. The tools are
 installed by `make test` (mk/containers.mk); missing ones fail under CI=true and skip otherwise.
@@ -9,6 +9,7 @@ installed by `make test` (mk/containers.mk); missing ones fail under CI=true and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,8 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "distributed")
+IMAGE_TAGS = {"cpu": ("cpu", "cpu"), "gpu": ("gpu", "gpu"), "distributed": ("milvus", "cpu")}  # serve, train
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -167,7 +169,8 @@ def test_pods_are_restricted(overlay: str) -> None:
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
             assert c["resources"]["limits"]["memory"], where
             assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), where
-            assert c["image"].endswith(":" + overlay), where
+            serve_tag, train_tag = IMAGE_TAGS[overlay]
+            assert c["image"].endswith(":" + (serve_tag if "qaembed-serve" in c["image"] else train_tag)), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -219,7 +222,42 @@ def test_serving_configmap_is_valid_service_settings(overlay: str) -> None:
     built = settings.Settings.from_sources([], env=env)
     assert str(built.registry) == "/registry" and built.host == "0.0.0.0"
     assert built.port == c["ports"][0]["containerPort"]
-    assert str(built.data_dir) in {m["mountPath"] for m in c["volumeMounts"]}
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    if built.index == "milvus":  # stateless: no data dir, the Milvus token from a mounted Secret
+        assert built.data_dir is None and str(built.milvus_token_file.parent) in mounts
+    else:
+        assert str(built.data_dir) in mounts
+
+
+def test_distributed_overlay_is_stateless_and_shares_feedback() -> None:
+    """Issue 7: replicas keep nothing in the pod, scale with the HPA, reach Milvus with a Secret; the
+    retraining Job reads the feedback of all replicas (kept in Milvus) through the Service."""
+    _, docs = rendered("distributed")
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    spec = deploy["spec"]["template"]["spec"]
+    writable = [v for v in spec["volumes"] if "emptyDir" in v or ("persistentVolumeClaim" in v
+                                                                   and not v["persistentVolumeClaim"].get("readOnly"))]
+    assert [v["name"] for v in writable] == ["tmp"], "no per-pod state beyond /tmp"
+    token = next(v for v in spec["volumes"] if v["name"] == "milvus-token")
+    assert token["secret"]["secretName"] == "qaembed-milvus"
+    hpa = find(docs, "HorizontalPodAutoscaler", "qaembed-serve")
+    assert deploy["spec"]["replicas"] >= 3 and 3 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert find(docs, "PodDisruptionBudget", "qaembed-serve")["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    cm_name = spec["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    env = find(docs, "ConfigMap", cm_name)["data"]
+    assert env["QAEMBED_INDEX"] == "milvus" and env["QAEMBED_MILVUS_URI"].startswith("http://milvus.milvus.svc")
+
+    # GET /feedback/export on any replica reads the Milvus feedback collection: all replicas' feedback
+    cron = find(docs, "CronJob", "qaembed-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    train = cron["containers"][0]
+    train_env = find(docs, "ConfigMap", train["envFrom"][0]["configMapRef"]["name"])["data"]
+    assert "--feedback_url=$(QAEMBED_FEEDBACK_URL)" in train.get("args", [])
+    service = find(docs, "Service", "qaembed")["metadata"]
+    assert train_env["QAEMBED_FEEDBACK_URL"].startswith(f"http://{service['name']}.{service['namespace']}.svc/")
+
+    values = yaml.safe_load((K8S / "milvus-values.yaml").read_text())
+    assert values["cluster"]["enabled"] is True and values["queryNode"]["replicas"] >= 2
+    assert "authorizationEnabled: true" in values["extraConfigFiles"]["user.yaml"]
 
 
 def test_training_jobs_run_train_and_export() -> None:
@@ -239,6 +277,29 @@ def test_training_jobs_run_train_and_export() -> None:
     # neither trains on an empty data volume right after `kubectl apply`
     assert cron["spec"]["suspend"] is True and find(docs, "Job", "qaembed-train")["spec"]["suspend"] is True
 
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "distributed"])
+def test_retraining_cronjob_runs_the_promotion_gate_pipeline(overlay: str) -> None:
+    """Issue 6: the CronJob trains on data + the service's feedback and promotes only through the gate."""
+    _, docs = rendered(overlay)
+    pod = find(docs, "CronJob", "qaembed-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    train = pod["containers"][0]
+    assert train["command"][-3:] == ["-m", "export", "retrain"]
+    args = dict(a.split("=", 1) for a in train["args"])
+    cm = find(docs, "ConfigMap", train["envFrom"][0]["configMapRef"]["name"])["data"]
+    # every $(VAR) in the arguments is defined, so Kubernetes expands it instead of passing it literally
+    for value in args.values():
+        for var in re.findall(r"\$\((\w+)\)", value):
+            assert var in cm or var in {e["name"] for e in train.get("env", [])}, var
+    assert {"--registry", "--name", "--data", "--eval_data", "--feedback_url"} <= set(args)
+    assert cm["QAEMBED_EVAL_DATA"] != cm["QAEMBED_DATA_PATH"]  # the fixed gate set is never the training data
+    assert "--include_torch" in cm["QAEMBED_EXPORT_ARGS"]  # bundles carry weights to continue training from
+    env = {e["name"]: e for e in train["env"]}
+    assert env["QAEMBED_ADMIN_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "qaembed-api-keys",
+                                                                          "key": "admin-api-key"}
+    work = next(m for m in train["volumeMounts"] if m["mountPath"] == "/work")
+    assert env["TMPDIR"]["value"] == work["mountPath"]  # the candidate's checkpoints don't fit the 2Gi /tmp
 
 # --------------------------------------------------------------------------- images
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])

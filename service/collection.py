@@ -1,0 +1,94 @@
+"""The document collection behind the engine: one interface, an embedded and a distributed engine.
+
+================= =============================================== ==========================================
+``index.py``      :class:`service.index.Collection`: FAISS in      default (``--index auto|faiss|flat|...``):
+                  process, durable through the service's WAL        one replica, GPU when present
+``milvus.py``     :class:`service.milvus.MilvusCollection`:         ``--index milvus``: stateless replicas,
+                  documents, metadata and vectors in Milvus         any replica writes, corpus beyond one node
+================= =============================================== ==========================================
+
+A collection holds the vectors of exactly one model version (``model_version``): the engine pairs
+it with that model in a generation, so no query is searched against another model's vectors.
+
+Metadata filters (``where``) mean the same everywhere: ``{"key": value}`` matches documents whose
+metadata ``key`` equals ``value`` (or contains it, for list values); ``{"key": [v1, v2]}`` matches
+any of the values; several keys must all match.
+
+Example (the interface, on the embedded engine)::
+
+    >>> import numpy as np
+    >>> from service.index import Collection, IndexConfig
+    >>> c: DocumentCollection = Collection(dim=2, config=IndexConfig(kind="flat"), model_version="v1")
+    >>> c.upsert([("a", "alpha", {"tags": ["x"]}), ("b", "beta", {})], np.eye(2, dtype=np.float32))
+    >>> [h.doc.id for h in c.search(np.eye(2, dtype=np.float32)[1:], k=2, where={"tags": "x"})[0]]
+    ['a']
+    >>> len(c), c.delete(["a", "zz"]), [d.id for batch in c.documents(10) for d in batch]
+    (2, ['a'], ['b'])
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Item = tuple[str, str, Mapping[str, object]]  # (id, text, metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    text: str
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    doc: Document
+    score: float
+
+    def to_json(self) -> dict:
+        return {"id": self.doc.id, "text": self.doc.text, "score": self.score, "metadata": dict(self.doc.metadata)}
+
+
+class DocumentCollection(ABC):
+    """Documents with their vectors (embedded by ``model_version``), searchable with filters."""
+
+    model_version: str = ""
+    read_only: bool = False  # a published index bundle: the engine refuses writes
+    workers: int = 1  # calls the engine may run at once (a FAISS index is driven by one thread)
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of live documents."""
+
+    @abstractmethod
+    def get(self, doc_id: str) -> Document | None: ...
+
+    @abstractmethod
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+        """Insert or replace ``(id, text, metadata)`` with their vectors; the last of a repeated id wins."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Remove documents; returns the ids that existed."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, where: Mapping[str, object] | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query row (inner product of unit vectors = cosine), best first."""
+
+    @abstractmethod
+    def documents(self, batch_size: int) -> Iterator[list[Document]]:
+        """Every live document, in batches (re-embedding with another model streams through this)."""
+
+    @abstractmethod
+    def info(self) -> dict:
+        """What ``/info`` shows under ``index``; always has ``type``, ``documents`` and ``model_version``."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`service.errors.IndexUnavailable` when the collection cannot serve (readiness)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or memory."""

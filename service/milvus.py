@@ -1,0 +1,404 @@
+"""``--index milvus``: documents, metadata, vectors and feedback live in Milvus; replicas are stateless.
+
+Any replica takes writes and every replica sees them (``--milvus_consistency Strong``, the default:
+a search or get issued after an acknowledged write sees it, whichever replica wrote it).
+
+Names in Milvus (``P`` = ``--milvus_prefix``, ``N`` = the model name, both made Milvus-safe)::
+
+    P_N_<model version>   one collection per model version: id, text, metadata (JSON), updated_at
+                          (ms), vector; properties qaembed.model_version, qaembed.state, qaembed.synced_ms
+    P_N                   alias: the collection serving now (switched atomically after a re-embed)
+    P_N_feedback          POST /feedback records (read by ``python -m service export-feedback``)
+
+A replica always searches the concrete collection of *its own* model version, never the alias, so
+no query is searched against another model's vectors, even while replicas roll from one model to
+the next. A model change (start or reload with a new version) re-embeds with :func:`fill`: every
+document of the serving collection is streamed, embedded by the new model and written to the new
+collection; documents written meanwhile by other replicas (``updated_at``) are caught up, deletes
+reconciled; then the alias moves, and writes made before the other replicas noticed are caught up
+once more. Writes go only to the collection the alias names: a replica still on the old model
+answers them 503 (retry) after the switch until its LATEST watcher reloads it. A delete removes the
+id from every model version's collection, so a re-embed in progress cannot resurrect it.
+
+pymilvus is imported only here, only when ``--index milvus`` is chosen (optional extra
+``qaembed[milvus]``). Connection failures become :class:`service.errors.IndexUnavailable` (503).
+
+Example (Milvus Lite, a real local engine)::
+
+    >>> import numpy as np, tempfile
+    >>> from service.milvus import MilvusStore
+    >>> from service.settings import Settings
+    >>> s = Settings.build(index="milvus", milvus_uri=tempfile.mkdtemp() + "/m.db", name="demo")
+    >>> store = MilvusStore(s)
+    >>> c = store.open("v0001", dim=2)
+    >>> c.upsert([("a", "alpha", {"lang": "en"}), ("b", "beta", {"lang": "tr"})], np.eye(2, dtype=np.float32))
+    >>> store.switch(c); store.serving()
+    'qaembed_demo_v0001'
+    >>> [h.doc.id for h in c.search(np.eye(2, dtype=np.float32)[:1], k=2, where={"lang": "tr"})[0]]
+    ['b']
+    >>> store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .collection import Document, DocumentCollection, Hit, Item
+from .errors import IndexUnavailable, TooLarge, Unprocessable
+from .settings import Settings
+
+log = logging.getLogger("service.milvus")
+
+MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
+MAX_ID_BYTES = 1_024  # ids are at most 256 characters (the API checks), 4 bytes each in UTF-8
+CLOCK_SKEW_MS = 10_000  # replicas' clocks may differ this much when catching up on writes
+_CHUNK = 60_000  # feedback records are stored compressed, in parts below the VARCHAR limit
+_FIELDS = ["text", "metadata", "updated_at"]
+
+
+def milvus_name(text: str) -> str:
+    """A Milvus-safe name part: letters, digits and ``_``."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def milvus_filter(where: Mapping[str, object]) -> str | None:
+    """The Milvus boolean expression of a metadata filter; ``None`` when it can match nothing.
+
+    >>> milvus_filter({"lang": "tr", "n": [1, 2]})
+    '(metadata["lang"] == "tr" or json_contains_any(metadata["lang"], ["tr"])) and (metadata["n"] == 1 or \
+metadata["n"] == 2 or json_contains_any(metadata["n"], [1, 2]))'
+    """
+    clauses = []
+    for key, wanted in where.items():
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if not values:
+            return None
+        if any(v is None for v in values):
+            raise Unprocessable(f"filter.{key}: null values cannot be matched with --index milvus")
+        field = f"metadata[{json.dumps(key, ensure_ascii=False)}]"
+        literals = [json.dumps(v, ensure_ascii=False) for v in values]
+        equal = " or ".join(f"{field} == {literal}" for literal in literals)
+        clauses.append(f"({equal} or json_contains_any({field}, [{', '.join(literals)}]))")
+    return " and ".join(clauses)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _quote_ids(ids: Sequence[str]) -> str:
+    return "[" + ", ".join(json.dumps(i, ensure_ascii=False) for i in ids) + "]"
+
+
+class MilvusStore:
+    """One connection to a Milvus server/cluster (or a Milvus Lite file) and the names of one model."""
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            import pymilvus
+        except ImportError:  # not retried: fails the start at once
+            raise ImportError("--index milvus needs pymilvus: pip install 'qaembed[milvus]'") from None
+        # pymilvus logs every failed RPC with a traceback; our own message says what failed, once
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        self._errors = (pymilvus.exceptions.MilvusException, ConnectionError, TimeoutError)
+        self._pymilvus = pymilvus
+        self.settings = settings
+        self.uri = settings.milvus_uri
+        token = settings.milvus_token
+        if settings.milvus_token_file is not None:
+            token = settings.milvus_token_file.read_text(encoding="utf-8").strip()
+        self.alias = milvus_name(f"{settings.milvus_prefix}_{settings.name}")
+        self.feedback_name = f"{self.alias}_feedback"
+        self.client = self.call(pymilvus.MilvusClient, uri=self.uri, token=token or "", timeout=10)
+
+    def call(self, fn: Callable, *args, **kwargs) -> Any:
+        """Run one pymilvus call; an unreachable or refusing Milvus becomes a 503 with its reason."""
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            raise IndexUnavailable(f"milvus at {self.uri}: {message}") from None
+
+    def ping(self) -> None:
+        self.call(self.client.list_collections)
+
+    def collection_name(self, version: str) -> str:
+        return f"{self.alias}_{milvus_name(version)}"
+
+    def versions(self) -> list[str]:
+        """The collections of every model version of this name."""
+        return [n for n in self.call(self.client.list_collections)
+                if n.startswith(self.alias + "_") and n != self.feedback_name]
+
+    def attach(self, name: str) -> MilvusCollection:
+        """An existing collection (e.g. the one the alias names), with its dimension and model version."""
+        described = self.call(self.client.describe_collection, name)
+        dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
+        version = described.get("properties", {}).get("qaembed.model_version", "")
+        return MilvusCollection(self, name, dim, version)
+
+    def serving(self) -> str | None:
+        """The collection the alias names (``None`` before the first switch)."""
+        if self.alias not in self.call(self.client.list_aliases).get("aliases", []):
+            return None
+        return self.call(self.client.describe_alias, self.alias)["collection_name"]
+
+    def open(self, version: str, dim: int) -> MilvusCollection:
+        """The collection of model ``version``, created (state ``building``) when missing."""
+        name = self.collection_name(version)
+        if not self.call(self.client.has_collection, name):
+            pm = self._pymilvus
+            schema = pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", pm.DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+            schema.add_field("text", pm.DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+            schema.add_field("metadata", pm.DataType.JSON)
+            schema.add_field("updated_at", pm.DataType.INT64)
+            schema.add_field("vector", pm.DataType.FLOAT_VECTOR, dim=dim)
+            index = self.client.prepare_index_params()
+            index.add_index("vector", index_type=self.settings.milvus_index_type, metric_type="IP",
+                            params=self._build_params())
+            try:
+                self.call(self.client.create_collection, name, schema=schema, index_params=index,
+                          consistency_level=self.settings.milvus_consistency,
+                          properties={"qaembed.model_name": self.settings.name or "",
+                                      "qaembed.model_version": version, "qaembed.state": "building"})
+                log.info("created collection %s (dim %d, %s)", name, dim, self.settings.milvus_index_type)
+            except IndexUnavailable as exc:  # another replica created it first
+                if not self.call(self.client.has_collection, name):
+                    raise exc from None
+        self.call(self.client.load_collection, name)
+        return MilvusCollection(self, name, dim, version)
+
+    def _build_params(self) -> dict:
+        kind = self.settings.milvus_index_type
+        if kind == "HNSW":
+            return {"M": self.settings.hnsw_m, "efConstruction": self.settings.ef_construction}
+        if kind.startswith("IVF"):
+            return {"nlist": self.settings.nlist or 1024}
+        return {}
+
+    def search_params(self, k: int) -> dict:
+        kind = self.settings.milvus_index_type
+        params = {"ef": max(k, self.settings.ef_search)} if kind == "HNSW" else (
+            {"nprobe": self.settings.nprobe} if kind.startswith("IVF") else {})
+        return {"metric_type": "IP", "params": params}
+
+    def switch(self, collection: MilvusCollection) -> None:
+        """Point the alias at ``collection`` (one atomic alias change in Milvus). The collection it named
+        before is marked retired: switching back to it later re-checks every document (:func:`fill`)."""
+        self.call(self.client.alter_collection_properties, collection.name, properties={"qaembed.state": "ready"})
+        current = self.serving()
+        if current == collection.name:
+            return
+        if current is None:
+            self.call(self.client.create_alias, collection.name, self.alias)
+        else:
+            self.call(self.client.alter_alias, collection.name, self.alias)
+            self.call(self.client.alter_collection_properties, current, properties={"qaembed.state": "retired"})
+        log.info("alias %s: %s → %s", self.alias, current, collection.name)
+
+    # ------------------------------------------------------------------ feedback
+    def _feedback_collection(self) -> str:
+        if not self.call(self.client.has_collection, self.feedback_name):
+            pm = self._pymilvus
+            schema = pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", pm.DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("data", pm.DataType.VARCHAR, max_length=_CHUNK)
+            schema.add_field("vector", pm.DataType.FLOAT_VECTOR, dim=2)  # Milvus requires one; unused
+            index = self.client.prepare_index_params()
+            index.add_index("vector", index_type="FLAT", metric_type="L2")
+            try:
+                self.call(self.client.create_collection, self.feedback_name, schema=schema, index_params=index,
+                          consistency_level="Strong")
+            except IndexUnavailable:
+                if not self.call(self.client.has_collection, self.feedback_name):
+                    raise
+        self.call(self.client.load_collection, self.feedback_name)
+        return self.feedback_name
+
+    def add_feedback(self, record: Mapping) -> None:
+        """Store one record durably: compressed JSON in parts ``<time>-<uuid>-<part>`` (time-ordered)."""
+        data = base64.b64encode(zlib.compress(json.dumps(record, ensure_ascii=False).encode())).decode()
+        key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        parts = [data[i:i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [""]
+        rows = [{"id": f"{key}-{n:04d}", "data": part, "vector": [0.0, 0.0]} for n, part in enumerate(parts)]
+        self.call(self.client.insert, self._feedback_collection(), rows)
+
+    def read_feedback(self) -> list[dict]:
+        """Every feedback record, oldest first."""
+        name = self._feedback_collection()
+        rows = sorted(r for batch in self._scan(name, ["id", "data"], "") for r in
+                      ((row["id"], row["data"]) for row in batch))
+        records, parts, key = [], [], None
+        for row_id, data in rows + [("", "")]:
+            if row_id.rsplit("-", 1)[0] != key and parts:
+                records.append(json.loads(zlib.decompress(base64.b64decode("".join(parts)))))
+                parts = []
+            key = row_id.rsplit("-", 1)[0]
+            parts.append(data)
+        return records
+
+    def _scan(self, name: str, fields: list[str], expr: str, batch_size: int = 1000) -> Iterator[list[dict]]:
+        iterator = self.call(self.client.query_iterator, name, batch_size=batch_size, filter=expr,
+                             output_fields=fields)
+        try:
+            while batch := self.call(iterator.next):
+                yield batch
+        finally:
+            iterator.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MilvusCollection(DocumentCollection):
+    """The documents of one model version in one Milvus collection."""
+
+    workers = 8  # RPCs wait on the network, not on a local index: let several run at once
+
+    def __init__(self, store: MilvusStore, name: str, dim: int, model_version: str) -> None:
+        self.store, self.name, self.dim, self.model_version = store, name, dim, model_version
+        self.client = store.client
+        self.consistency = store.settings.milvus_consistency
+
+    def __len__(self) -> int:
+        rows = self.store.call(self.client.query, self.name, filter="", output_fields=["count(*)"],
+                               consistency_level=self.consistency)
+        return int(rows[0]["count(*)"])
+
+    def properties(self) -> dict:
+        return self.store.call(self.client.describe_collection, self.name).get("properties", {})
+
+    def get(self, doc_id: str) -> Document | None:
+        rows = self.store.call(self.client.get, self.name, ids=[doc_id], output_fields=_FIELDS)
+        return Document(doc_id, rows[0]["text"], rows[0]["metadata"] or {}) if rows else None
+
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+        now = _now_ms()
+        self.write([(Document(i, t, dict(m or {})), now) for i, t, m in items], vectors, check=True)
+
+    def write(self, rows: Sequence[tuple[Document, int]], vectors: np.ndarray, check: bool = False) -> None:
+        """Upsert documents with their ``updated_at`` (a re-embed keeps the original write time)."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(rows), self.dim)
+        last = {doc.id: i for i, (doc, _) in enumerate(rows)}  # a repeated id: the last one wins
+        data = []
+        for i in sorted(last.values()):
+            doc, updated_at = rows[i]
+            if len(doc.text.encode()) > MAX_TEXT_BYTES:
+                raise TooLarge(f"document {doc.id!r}: text is {len(doc.text.encode())} bytes in UTF-8, "
+                               f"Milvus stores at most {MAX_TEXT_BYTES}")
+            data.append({"id": doc.id, "text": doc.text, "metadata": dict(doc.metadata),
+                         "updated_at": updated_at, "vector": vectors[i].tolist()})
+        if check:
+            self._check_serving()
+        if data:
+            self.store.call(self.client.upsert, self.name, data)
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        self._check_serving()
+        ids = list(dict.fromkeys(ids))
+        found = {r["id"] for r in self.store.call(self.client.get, self.name, ids=ids, output_fields=["id"])}
+        for name in self.store.versions():  # a collection being re-embedded must not keep it either
+            self.store.call(self.client.delete, name, ids=ids)
+        return [i for i in ids if i in found]
+
+    def _check_serving(self) -> None:
+        """Writes go only to the collection the alias names: a replica still on an older model refuses
+        them (503, retried elsewhere) once another replica switched, so the switch loses none."""
+        serving = self.store.serving()
+        if serving not in (None, self.name):
+            raise IndexUnavailable(f"documents moved to {serving} (a newer model); this replica serves "
+                                   f"{self.name} until it reloads: retry")
+
+    def search(self, queries: np.ndarray, k: int, where: Mapping[str, object] | None = None) -> list[list[Hit]]:
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        expr = milvus_filter(where) if where else ""
+        if expr is None:
+            return [[] for _ in range(len(queries))]
+        results = self.store.call(self.client.search, self.name, data=queries.tolist(), limit=k, filter=expr,
+                                  output_fields=["text", "metadata"], search_params=self.store.search_params(k),
+                                  consistency_level=self.consistency)
+        return [[Hit(Document(h["id"], h["entity"]["text"], h["entity"]["metadata"] or {}), float(h["distance"]))
+                 for h in row] for row in results]
+
+    def documents(self, batch_size: int) -> Iterator[list[Document]]:
+        for batch in self.rows(batch_size):
+            yield [doc for doc, _ in batch]
+
+    def rows(self, batch_size: int, expr: str = "") -> Iterator[list[tuple[Document, int]]]:
+        """(document, updated_at) in batches, optionally filtered by a Milvus expression."""
+        for batch in self.store._scan(self.name, ["id", *_FIELDS], expr, batch_size):
+            yield [(Document(r["id"], r["text"], r["metadata"] or {}), int(r["updated_at"])) for r in batch]
+
+    def updated(self, ids: Sequence[str]) -> dict[str, int]:
+        rows = self.store.call(self.client.get, self.name, ids=list(ids), output_fields=["updated_at"])
+        return {r["id"]: int(r["updated_at"]) for r in rows}
+
+    def info(self) -> dict:
+        return {"type": f"milvus {self.store.settings.milvus_index_type}", "backend": "milvus",
+                "collection": self.name, "alias": self.store.alias, "documents": len(self),
+                "model_version": self.model_version, "consistency": self.consistency, "read_only": False}
+
+    def check(self) -> None:
+        """Reachable and loaded; a collection released by a Milvus restart is loaded again."""
+        state = self.store.call(self.client.get_load_state, self.name)["state"]
+        if "Loaded" not in str(state):
+            log.warning("collection %s is %s: loading it", self.name, state)
+            self.store.call(self.client.load_collection, self.name)
+
+
+async def fill(source: MilvusCollection | None, target: MilvusCollection,
+               embed: Callable[[list[str]], Awaitable[np.ndarray]], batch_size: int = 256,
+               progress: Callable[[int], None] | None = None) -> int:
+    """Bring ``target`` up to date with ``source`` (another model's collection), re-embedding what changed.
+
+    A target that never served (or was retired by a switch away from it) gets every document of
+    ``source`` whose ``updated_at`` it lacks, then loses the documents that ``source`` no longer has.
+    A target that already serves gets only the documents written to ``source`` since its last
+    full pass (minus the clock skew): writes of replicas that still ran the old model. Newer
+    ``updated_at`` always wins, so nothing written directly into ``target`` is overwritten.
+    Returns the number of documents embedded.
+    """
+    if source is None or source.name == target.name:
+        return 0
+    run = asyncio.to_thread
+    props = await run(target.properties)
+    full = props.get("qaembed.state") != "ready"
+    expr = "" if full else f"updated_at >= {int(props.get('qaembed.synced_ms', 0)) - CLOCK_SKEW_MS}"
+    started, done = _now_ms(), 0
+    iterator = source.rows(batch_size, expr)
+    while batch := await run(next, iterator, None):
+        have = await run(target.updated, [doc.id for doc, _ in batch])
+        newer = [(doc, at) for doc, at in batch if have.get(doc.id, -1) < at]
+        if newer:
+            await run(target.write, newer, await embed([doc.text for doc, _ in newer]))
+        done += len(newer)
+        if progress is not None:
+            progress(done)
+    if full:
+        await run(_drop_deleted, source, target, _now_ms())
+        await run(target.store.call, target.client.alter_collection_properties, target.name,
+                  properties={"qaembed.synced_ms": str(started)})
+    return done
+
+
+def _drop_deleted(source: MilvusCollection, target: MilvusCollection, before_ms: int) -> None:
+    """Delete from ``target`` the documents copied before ``before_ms`` that ``source`` no longer has."""
+    gone: list[str] = []
+    for batch in target.rows(1000):
+        old = [doc.id for doc, at in batch if at < before_ms]
+        alive = source.updated(old) if old else {}
+        gone += [i for i in old if i not in alive]
+    for start in range(0, len(gone), 1000):
+        target.store.call(target.client.delete, target.name, ids=gone[start:start + 1000])
