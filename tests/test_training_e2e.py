@@ -114,3 +114,21 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert metrics["data"]["explicit_negatives"] > 0
     prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts["query"].startswith("Represent this sentence") and prompts["document"] == ""
+
+
+def test_two_process_ddp_under_torchrun_trains_and_only_rank_0_writes(tmp_path):
+    # Two CPU processes (gloo): the DDP code path as on a multi-GPU node, in-batch negatives gathered
+    # across processes. Small batches: this data has 32 passages and a batch never repeats one.
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "training", "--model_name", "all-MiniLM-L6-v2",
+         "--data_path", str(EXAMPLES / "example_qa_data.json"), "--output_dir", str(out), "--epochs", "1",
+         "--batch_size", "4", "--num_negatives", "1", "--warmup_steps", "0", "--max_seq_length", "48"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["steps"] > 0 and metrics["finetuned"]["mrr@10"] > 0
+    assert proc.stdout.count("Model saved to") == 1  # rank 1 trains but never writes
+    assert not list(tmp_path.glob("ddp.partial*")) and (out / "model.safetensors").is_file()
