@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -102,6 +104,49 @@ def test_batches_never_hold_the_same_passage_twice(records, tmp_path, minilm_pat
         texts = [text for i in batch for text in dataset[int(i)].values()]
         assert len(texts) == len(set(texts))
 
+
+
+@pytest.mark.parametrize("negatives", [0, 2])
+def test_batches_stay_full_when_one_passage_has_many_questions(negatives):
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from training.sampler import PassageBalancedBatchSampler
+
+    # FAQ-shaped: 25 questions for "big", 2-3 for each of 100 small passages (ENELPI has ~23 per passage).
+    # First-come sampling leaves a tail of single-row batches of "big", which the trainer never reaches.
+    rng = random.Random(1)
+    rows = [(f"big q{i}", "big") for i in range(25)]
+    rows += [(f"q{p}.{i}", f"passage {p}") for p in range(100) for i in range(rng.choice((2, 3)))]
+    columns = {"anchor": [q for q, _ in rows], "positive": [p for _, p in rows]}
+    passages = sorted(set(columns["positive"]))
+    picks = [rng.sample([x for x in passages if x != p], negatives) for _, p in rows]
+    for n in range(negatives):
+        columns[f"negative_{n + 1}"] = [pick[n] for pick in picks]
+    dataset = Dataset.from_dict(columns)
+    sampler = PassageBalancedBatchSampler(dataset, batch_size=8, drop_last=False, seed=3)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(sampler) == len(batches)  # exact: the trainer sizes the epoch by it
+        assert sorted(i for b in batches for i in b) == list(range(len(rows)))  # every row once
+        for batch in batches:
+            texts = [t for i in batch for t in dataset[i].values()]
+            assert len(texts) == len(set(texts))  # no passage (positive or negative) twice in a batch
+        sizes = [len(b) for b in batches]
+        # Full batches; only random negatives clashing at the very end can leave a few partial ones.
+        assert len(batches) <= -(-len(rows) // 8) + (2 if negatives else 0), str(sizes)
+        assert sum(size < 8 for size in sizes) <= (3 if negatives else 1), str(sizes)
+    first_come = NoDuplicatesBatchSampler(dataset, batch_size=8, drop_last=False, seed=3)
+    assert len(first_come) == -(-len(rows) // 8)  # its estimate, which the trainer trusts
+
+    # One passage with more questions (60) than there are batches: its surplus forms one-row batches,
+    # kept with negatives (they still rank against them), left out without (nothing to rank against).
+    crowded = Dataset.from_dict({name: values + [f"crowded q{i}" if name == "anchor" else
+                                                 "crowded" if name == "positive" else passages[i % 50]
+                                                 for i in range(60)] for name, values in columns.items()})
+    sizes = [len(b) for b in PassageBalancedBatchSampler(crowded, batch_size=8, drop_last=False, seed=3)]
+    assert (1 in sizes) == bool(negatives) and sizes.count(8) >= len(rows) // 8
 
 def test_metrics_by_hand():
     ranked = np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]])

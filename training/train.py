@@ -2,8 +2,8 @@
 
 * ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (``mnrl``) or
   ``CachedMultipleNegativesRankingLoss`` (``cached_mnrl``: large batches in bounded memory).
-* ``NO_DUPLICATES`` batches: the same passage never appears twice in a batch, since a duplicate
-  would be scored as a (false) in-batch negative of itself.
+* Batches never repeat a text (a duplicate would be scored as a false in-batch negative of itself) and
+  stay full when passages have many questions (:mod:`training.sampler`).
 * The query instruction is applied to the question column only, via the trainer's ``prompts``.
 * Evaluation each epoch with :mod:`training.metrics` (the same MRR@10 as the final report); the
   best checkpoint by MRR@10 is kept. Runs under ``torchrun`` as DDP without changes.
@@ -28,13 +28,13 @@ from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
 )
-from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from training.data import QARecord
 from training.encoding import SentenceEncoder
 from training.metrics import RetrievalTask, evaluate
+from training.sampler import PassageBalancedBatchSampler
 
 EVALUATOR_NAME = "qa"
 BEST_METRIC = f"eval_{EVALUATOR_NAME}_mrr@10"
@@ -63,7 +63,7 @@ class TrainResult:
     seconds: float  # wall time of trainer.train(), evaluation and checkpoints included
     samples_per_second: float  # over the training steps alone (see StepTimer)
     steps: int
-    rows_per_step: float  # below batch_size when NO_DUPLICATES could not fill batches
+    rows_per_step: float  # below batch_size when too few distinct passages fill the batches
     peak_rss_mb: float
     loss_history: list[tuple[int, float]]
     best_checkpoint: str | None
@@ -98,11 +98,8 @@ class StepTimer(TrainerCallback):
 
 
 def rows_per_step(trainer) -> float:
-    """Mean training rows per optimiser step over all processes, from one epoch's actual batches.
-
-    ``len(dataloader)`` assumes full batches, but ``NO_DUPLICATES`` makes smaller ones when passages
-    repeat, so the batches are drawn once more (same seed, same batches) and counted.
-    """
+    """Mean training rows per optimiser step over all processes, from one epoch's actual batches
+    (smaller than ``batch_size`` when the data has too few distinct passages to fill them)."""
     sizes = [len(batch) for batch in trainer.get_train_dataloader().batch_sampler]
     return trainer.args.world_size * sum(sizes) / max(1, len(sizes))
 
@@ -164,7 +161,7 @@ def build_trainer(
         warmup_steps=settings.warmup_steps,
         seed=settings.seed,
         data_seed=settings.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=PassageBalancedBatchSampler,
         prompts={"anchor": settings.query_instruction} if settings.query_instruction else None,
         eval_strategy="epoch" if evaluate_each_epoch else "no",
         save_strategy="epoch",
