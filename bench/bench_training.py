@@ -203,6 +203,12 @@ def write_report(args, results: dict) -> None:
         f"samples/s: **{ours / plain:.2f}×** (target ≥ 0.95×). Both count training steps only (same timer); "
         "the `train s` column is wall time, evaluation and checkpoint saves included.",
         "",
+        "Batches (a passage never twice in one; `training/sampler.py`): "
+        + "; ".join(f"`{c}` {results[c]['training']['steps']} steps of {results[c]['training']['rows_per_step']} "
+                    "rows on average" for c in ("in_batch", "auto_mined") if "rows_per_step" in results[c]["training"])
+        + f" (batch size {args.batch_size}). A passage with more questions than there are batches ends in "
+        "one-row batches: trained against their mined negatives, left out without any.",
+        "",
         f"![training benchmark]({args.report}.png)",
         "",
     ]
