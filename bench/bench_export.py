@@ -250,7 +250,7 @@ def _plot(rows, path: Path) -> None:
 
 def _report(rows, study, profile, flags, export_seconds, args, png) -> str:
     lines = [
-        "## Export: torch vs ONNX fp32 / optimised / int8",
+        "# Export: torch vs ONNX fp32 / optimised / int8",
         "",
         f"Command: `.venv/bin/python bench/bench_export.py --threads {args.threads}` "
         f"(model: bundled all-MiniLM-L6-v2; texts: {args.queries} questions and {args.passages} passages from "
@@ -267,11 +267,11 @@ def _report(rows, study, profile, flags, export_seconds, args, png) -> str:
     lines += [f"| {r['workload']} | {r['batch']} | {r['engine']} | {r['texts_per_s']:.1f} | {r['tokens_per_s']:.0f} "
               f"| {r['ratio']:.2f}x | {r['cosine']:.4f} |" for r in rows]
     lines += ["", f"![throughput relative to torch]({png})", "",
-              "### int8 investigation (short queries, batch 32)", "",
+              "## int8 investigation (short queries, batch 32)", "",
               "| step | texts/s | vs torch | CPU ms/text | cosine to torch |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['step']} | {r['texts_per_s']:.1f} | {r['ratio']:.2f}x | {r['cpu_ms']:.2f} | {r['cosine']:.4f} |"
               for r in study]
-    lines += ["", "### Where the time goes (onnxruntime profiler, batch of 32 short queries)", ""]
+    lines += ["", "## Where the time goes (onnxruntime profiler, batch of 32 short queries)", ""]
     for variant in ("onnx-optimized", "int8"):
         total = profile[variant + " total ms/batch"][0][1]
         shares = ", ".join(f"{op} {share:.0%}" for op, share in profile[variant])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ROOT / "docs" / "benchmarks"
-ORDER = ("training", "export", "service", "index")
+ORDER = ("training", "training-gpu", "export", "export_large", "service", "index")  # bench_<stage>.py where one exists
 
 
 def assemble() -> Path:

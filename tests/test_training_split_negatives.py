@@ -101,8 +101,15 @@ def test_batches_never_hold_the_same_passage_twice(records, tmp_path, minilm_pat
     batches = list(trainer.get_train_dataloader().batch_sampler)
     assert sum(len(b) for b in batches) == len(dataset)
     for batch in batches:
-        texts = [text for i in batch for text in dataset[int(i)].values()]
-        assert len(texts) == len(set(texts))
+        assert_no_false_negatives(dataset, batch)
+
+
+def assert_no_false_negatives(dataset, batch) -> None:
+    """No question or positive twice in a batch, and none of them as another row's negative."""
+    rows = [list(dataset[int(i)].values()) for i in batch]
+    keys = [text for row in rows for text in row[:2]]
+    assert len(keys) == len(set(keys))
+    assert not {text for row in rows for text in row[2:]} & set(keys)
 
 
 
@@ -131,8 +138,7 @@ def test_batches_stay_full_when_one_passage_has_many_questions(negatives):
         assert len(sampler) == len(batches)  # exact: the trainer sizes the epoch by it
         assert sorted(i for b in batches for i in b) == list(range(len(rows)))  # every row once
         for batch in batches:
-            texts = [t for i in batch for t in dataset[i].values()]
-            assert len(texts) == len(set(texts))  # no passage (positive or negative) twice in a batch
+            assert_no_false_negatives(dataset, batch)
         sizes = [len(b) for b in batches]
         # Full batches; only random negatives clashing at the very end can leave a few partial ones.
         assert len(batches) <= -(-len(rows) // 8) + (2 if negatives else 0), str(sizes)

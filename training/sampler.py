@@ -1,8 +1,10 @@
 """Batches that never repeat a text, as full as the data allows, with an exact length.
 
-A passage that appears twice in a batch is scored as an in-batch negative of itself, so no text may
-repeat within a batch (the rule of sentence-transformers' ``NO_DUPLICATES``). Two things go wrong with
-that sampler on FAQ-shaped data, where one answer has many questions:
+A passage that appears twice in a batch is scored as an in-batch negative of itself, so a question or
+positive passage may appear only once in a batch, and never also as another row's negative. One text may
+be the hard negative of several rows (that only weighs it twice as a negative), which keeps batches full
+on small data where sentence-transformers' ``NO_DUPLICATES`` (no text twice at all) makes them tiny.
+Two more things go wrong with that sampler on FAQ-shaped data, where one answer has many questions:
 
 * it reports ``ceil(rows / batch_size)`` as its length while drawing more, smaller batches, and the
   trainer sizes the epoch by that length: the batches past it are never trained on. On a 930-row
@@ -44,7 +46,9 @@ class PassageBalancedBatchSampler(DefaultBatchSampler):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         columns = [dataset[name] for name in dataset.column_names if name not in (valid_label_columns or ())]
-        self._texts = [frozenset(values) for values in zip(*columns)]  # every text of a row
+        rows = list(zip(*columns))  # training.train.to_dataset: anchor, positive, negative_1..K
+        self._keys = [frozenset(row[:2]) for row in rows]  # the question and its passage
+        self._negatives = [frozenset(row[2:]) for row in rows]
         self._in_batch_only = len(columns) <= 2  # anchor and positive: no negative of its own
         positives = dataset["positive"] if "positive" in dataset.column_names else range(len(dataset))
         groups: dict[object, list[int]] = {}
@@ -65,6 +69,9 @@ class PassageBalancedBatchSampler(DefaultBatchSampler):
             self._cached = (self.epoch, self._draw(random.Random(self.seed + self.epoch)))
         return self._cached[1]
 
+    def _fits(self, row: int, keys: set[str], texts: set[str]) -> bool:
+        return self._keys[row].isdisjoint(texts) and self._negatives[row].isdisjoint(keys)
+
     def _draw(self, rng: random.Random) -> list[list[int]]:
         queues = [rng.sample(group, len(group)) for group in self._groups]
         # Heap of (-rows left, tie-break, group): the passage with the most rows left comes first.
@@ -73,7 +80,8 @@ class PassageBalancedBatchSampler(DefaultBatchSampler):
         batches: list[list[int]] = []
         while heap:
             batch: list[int] = []
-            texts: set[str] = set()
+            keys: set[str] = set()  # questions and positives in the batch
+            texts: set[str] = set()  # every text in the batch
             skipped = []
             while heap and len(batch) < self.batch_size:
                 entry = heapq.heappop(heap)
@@ -81,13 +89,14 @@ class PassageBalancedBatchSampler(DefaultBatchSampler):
                 # The passage's rows differ in their negatives: take the first (of a few) that clashes with
                 # nothing in the batch; if all do, the passage waits for the next batch.
                 fits = next((i for i in range(len(queue) - 1, max(-1, len(queue) - 1 - _TRIES), -1)
-                             if texts.isdisjoint(self._texts[queue[i]])), None)
+                             if self._fits(queue[i], keys, texts)), None)
                 if fits is None:
                     skipped.append(entry)
                     continue
                 row = queue.pop(fits)
                 batch.append(row)
-                texts |= self._texts[row]
+                keys |= self._keys[row]
+                texts |= self._keys[row] | self._negatives[row]
                 if queue:
                     skipped.append((-len(queue), rng.random(), entry[2]))
             for entry in skipped:
