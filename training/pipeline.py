@@ -88,8 +88,9 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
     )
     result = fine_tune(model, train_records, eval_task, settings, work_dir / "checkpoints")
     if result.rows_per_step < 0.9 * config.batch_size:
-        log(f"note: batches held {result.rows_per_step} rows on average, not {config.batch_size}: a passage may appear "
-            "once per batch (as positive or negative), and this data repeats passages; fewer in-batch negatives")
+        log(f"note: batches held {result.rows_per_step} rows on average, not {config.batch_size}: a question's passage "
+            "appears once per batch and never as another row's negative, and this data has few passages for its "
+            "questions and negatives; fewer in-batch negatives")
     finetuned_metrics = evaluate(eval_task, encoder.queries, encoder.passages) if eval_task else None
 
     payload = {
