@@ -62,6 +62,7 @@ def export_model(
     staging = registry_api.new_staging_dir(registry, name)
     try:
         built = _build(model, staging, variants, target, per_channel, fp32_layers, log)
+        variants = [v for v in variants if v == "onnx" or (staging / FILES[v]).exists()]
         facts["tokenizer"] = save_tokenizer(model, staging)
         if include_torch:
             save_torch_weights(model, staging / "torch")
@@ -82,21 +83,28 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_
     """Write the ONNX files; returns per-variant extras for the manifest."""
     from export.onnx_export import convert_fp16, export_fp32, optimize
 
-    built: dict[str, dict] = {}
+    built: dict[str, dict] = {"onnx": {}}
     started = time.perf_counter()
     export_fp32(model, staging / FILES["onnx"])
     log(f"onnx fp32 exported in {time.perf_counter() - started:.1f}s")
-    if {"onnx-optimized", "int8", "fp16"} & set(variants):
+    # onnxruntime's Python fusions hold several copies of the weights: a bge-m3-sized model (2.3 GB) was
+    # OOM-killed at 22.8 GB on a 24 GB machine. Over 2 GB (external data) int8 is quantised from the plain
+    # graph, which the session still fuses at load time; the fused-graph variants are not built.
+    large = (staging / (FILES["onnx"] + ".data")).exists()
+    if large and {"onnx-optimized", "fp16"} & set(variants):
+        log("model over 2 GB: onnx-optimized and fp16 are not built (the fusion step would need ~10x the weights "
+            "in memory); int8 is quantised from the unfused graph")
+    if not large and {"onnx-optimized", "int8", "fp16"} & set(variants):
         fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], model)
         built["onnx-optimized"] = {"fused_operators": fused}
         log(f"fused operators: {fused}")
     if "int8" in variants:
-        external = (staging / FILES["onnx"]).with_name(FILES["onnx"] + ".data").exists()
-        settings = quantize_int8(staging / FILES["onnx-optimized"], staging / FILES["int8"], target, per_channel,
-                                 external, fp32_layers=fp32_layers)
-        built["int8"] = {"quantization": {**settings, "source_variant": "onnx-optimized", "fp32_layers": fp32_layers}}
-        log(f"int8 quantised for {target} (per_channel={per_channel}, first {fp32_layers} layer(s) fp32)")
-    if "fp16" in variants:
+        source = "onnx" if large else "onnx-optimized"
+        settings = quantize_int8(staging / FILES[source], staging / FILES["int8"], target, per_channel,
+                                 large, fp32_layers=fp32_layers)
+        built["int8"] = {"quantization": {**settings, "source_variant": source, "fp32_layers": fp32_layers}}
+        log(f"int8 quantised for {target} from {source} (per_channel={per_channel})")
+    if "fp16" in variants and not large:
         convert_fp16(staging / FILES["onnx-optimized"], staging / FILES["fp16"])
     for variant, extras in built.items():
         extras["external_data"] = (staging / (FILES[variant] + ".data")).exists()

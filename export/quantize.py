@@ -92,10 +92,18 @@ def quantize_int8(source: Path, target: Path, int8_target: str, per_channel: boo
 
 
 def first_layer_nodes(path: Path, layers: int) -> list[str]:
-    """Names of the nodes of the first ``layers`` transformer layers of a fused graph. A layer starts at
-    its fused attention node; the graph is in topological order, so it runs until the next one."""
+    """Names of the nodes of the first ``layers`` transformer layers.
+
+    In a fused graph a layer starts at its fused attention node (the graph is in topological order, so it
+    runs until the next one); an unfused graph (models over 2 GB are not fused) keeps torch's module
+    paths in node names (``.../encoder/layer.0/attention/...``).
+    """
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    if not any(node.op_type in ("Attention", "MultiHeadAttention") for node in nodes):
+        prefixes = tuple(f"layer.{i}/" for i in range(layers))
+        return [node.name for node in nodes if any(p in node.name for p in prefixes)]
     layer, names = -1, []
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
+    for node in nodes:
         if node.op_type in ("Attention", "MultiHeadAttention"):
             layer += 1
         if 0 <= layer < layers:

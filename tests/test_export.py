@@ -96,6 +96,26 @@ def test_int8_quality_within_one_point_of_fp32(exported_bundle, example_data):
         "int8: mrr@10 0.6000 is 10.00 points below fp32 0.7000 (allowed 6.2 on 16 questions)"]
 
 
+
+def test_models_over_2gb_quantise_the_plain_graph_and_skip_fusion(tmp_path, minilm_path, monkeypatch, texts):
+    # The real export with the 2 GB threshold at 0 bytes: what a bge-m3-sized model goes through (the fusion
+    # step was OOM-killed at 22.8 GB on it; bench/bench_export_large.py runs the real size).
+    import functools
+
+    from export import onnx_export, onnx_io
+    from export.pipeline import export_model
+
+    monkeypatch.setattr(onnx_export, "save_onnx", functools.partial(onnx_io.save_onnx, external_data_bytes=0))
+    logs: list[str] = []
+    export_model(str(minilm_path), tmp_path, "big", threads=2, log=logs.append)
+    bundle = open_bundle(tmp_path, "big")
+    assert set(bundle.variants) == {"onnx", "int8"} and any("over 2 GB" in line for line in logs)
+    variants = bundle.manifest["variants"]
+    assert variants["onnx"]["external_data"] and variants["int8"]["quantization"]["source_variant"] == "onnx"
+    assert (bundle.path / "model.onnx.data").is_file() and "model.onnx.data" in bundle.manifest["files"]
+    fp32, int8 = (OnnxEncoder.from_bundle(bundle, v, threads=2).encode(texts[:8]) for v in ("onnx", "int8"))
+    assert float(np.mean(np.sum(fp32 * int8, axis=1))) > 0.98
+
 def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
     """Over the threshold (2 GB in production, 0 here) the weights go to one '<file>.data' file."""
     source = open_bundle(*exported_bundle).variant_path("onnx")
