@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -64,17 +65,25 @@ class RetrainConfig:
 
 def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run the pipeline; returns the decision report (also written under the registry)."""
+    current = _current_bundle(config)
+    eval_records = _load(config.eval_data, "--eval_data")
+    # The fetched feedback file lives as long as the run: training hashes every source for its summary.
+    fetched = Path(tempfile.mkdtemp(prefix="qaembed-feedback-"))
+    try:
+        return _retrain(config, current, eval_records, fetched, log)
+    finally:
+        shutil.rmtree(fetched, ignore_errors=True)
+
+
+def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: Callable[[str], None]) -> dict:
     from export.pipeline import export_model
     from training.pipeline import RunConfig, train
 
-    current = _current_bundle(config)
-    eval_records = _load(config.eval_data, "--eval_data")
     eval_passages = {r.positive for r in eval_records}
-    with tempfile.TemporaryDirectory(prefix="qaembed-feedback-") as fetched:
-        feedback = [str(f) for f in data_files(config.feedback) if not f.is_file() or f.stat().st_size > 0]
-        if config.feedback_url:
-            feedback += fetch_feedback(config.feedback_url, Path(fetched) / "feedback.jsonl", log)
-        data = _load_data(config.data, feedback)
+    feedback = [str(f) for f in data_files(config.feedback) if not f.is_file() or f.stat().st_size > 0]
+    if config.feedback_url:
+        feedback += fetch_feedback(config.feedback_url, fetched / "feedback.jsonl", log)
+    data = _load_data(config.data, feedback)
     train_records, excluded = _exclude_passages(data.records, eval_passages)
     if not train_records:
         raise ExportError("no training data left once the evaluation passages are excluded")
