@@ -88,12 +88,12 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_
     export_fp32(model, staging / FILES["onnx"])
     log(f"onnx fp32 exported in {time.perf_counter() - started:.1f}s")
     # onnxruntime's Python fusions hold several copies of the weights: a bge-m3-sized model (2.3 GB) was
-    # OOM-killed at 22.8 GB on a 24 GB machine. Over 2 GB (external data) int8 is quantised from the plain
-    # graph, which the session still fuses at load time; the fused-graph variants are not built.
+    # OOM-killed at 22.8 GB on a 24 GB machine. Over 2 GB (external data) int8 and fp16 come from the plain
+    # graph, which the session still fuses at load time; onnx-optimized is not built.
     large = (staging / (FILES["onnx"] + ".data")).exists()
-    if large and {"onnx-optimized", "fp16"} & set(variants):
-        log("model over 2 GB: onnx-optimized and fp16 are not built (the fusion step would need ~10x the weights "
-            "in memory); int8 is quantised from the unfused graph")
+    if large and {"onnx-optimized", "int8", "fp16"} & set(variants):
+        log("model over 2 GB: no Python fusions (they would need ~10x the weights in memory): onnx-optimized is "
+            "not built, int8 and fp16 are converted from the unfused graph")
     if not large and {"onnx-optimized", "int8", "fp16"} & set(variants):
         fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], model)
         built["onnx-optimized"] = {"fused_operators": fused}
@@ -104,8 +104,8 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_
                                  large, fp32_layers=fp32_layers)
         built["int8"] = {"quantization": {**settings, "source_variant": source, "fp32_layers": fp32_layers}}
         log(f"int8 quantised for {target} from {source} (per_channel={per_channel})")
-    if "fp16" in variants and not large:
-        convert_fp16(staging / FILES["onnx-optimized"], staging / FILES["fp16"])
+    if "fp16" in variants:
+        convert_fp16(staging / FILES["onnx" if large else "onnx-optimized"], staging / FILES["fp16"])
     for variant, extras in built.items():
         extras["external_data"] = (staging / (FILES[variant] + ".data")).exists()
     return built

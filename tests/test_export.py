@@ -107,14 +107,16 @@ def test_models_over_2gb_quantise_the_plain_graph_and_skip_fusion(tmp_path, mini
 
     monkeypatch.setattr(onnx_export, "save_onnx", functools.partial(onnx_io.save_onnx, external_data_bytes=0))
     logs: list[str] = []
-    export_model(str(minilm_path), tmp_path, "big", threads=2, log=logs.append)
+    export_model(str(minilm_path), tmp_path, "big", variants=("onnx", "onnx-optimized", "int8", "fp16"), threads=2,
+                 log=logs.append)
     bundle = open_bundle(tmp_path, "big")
-    assert set(bundle.variants) == {"onnx", "int8"} and any("over 2 GB" in line for line in logs)
+    assert set(bundle.variants) == {"onnx", "int8", "fp16"} and any("over 2 GB" in line for line in logs)
     variants = bundle.manifest["variants"]
     assert variants["onnx"]["external_data"] and variants["int8"]["quantization"]["source_variant"] == "onnx"
     assert (bundle.path / "model.onnx.data").is_file() and "model.onnx.data" in bundle.manifest["files"]
-    fp32, int8 = (OnnxEncoder.from_bundle(bundle, v, threads=2).encode(texts[:8]) for v in ("onnx", "int8"))
-    assert float(np.mean(np.sum(fp32 * int8, axis=1))) > 0.98
+    fp32, int8, fp16 = (OnnxEncoder.from_bundle(bundle, v, threads=2).encode(texts[:8])
+                        for v in ("onnx", "int8", "fp16"))
+    assert float(np.mean(np.sum(fp32 * int8, axis=1))) > 0.98 and float(np.min(np.sum(fp32 * fp16, axis=1))) > 0.999
 
 def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
     """Over the threshold (2 GB in production, 0 here) the weights go to one '<file>.data' file."""
