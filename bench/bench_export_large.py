@@ -85,7 +85,7 @@ def main() -> None:
         for variant in ("onnx", "int8", "fp16"):
             encoder = OnnxEncoder.from_bundle(open_bundle(work / "registry", "bge-m3-sized"), variant)
             cosines[variant] = float(np.min(np.sum(encoder.encode(texts) * reference, axis=1)))
-        log("loaded both variants with the torch-free runtime")
+        log("loaded every variant with the torch-free runtime")
         gates = {k: bundle.manifest.get(k) for k in ("parity", "quality", "gate_failures_forced")}
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
