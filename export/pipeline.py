@@ -91,10 +91,11 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_
     # OOM-killed at 22.8 GB on a 24 GB machine. Over 2 GB (external data) int8 and fp16 come from the plain
     # graph, which the session still fuses at load time; onnx-optimized is not built.
     large = (staging / (FILES["onnx"] + ".data")).exists()
-    if large and {"onnx-optimized", "int8", "fp16"} & set(variants):
+    derived = {"onnx-optimized", "int8", "fp16"} & set(variants)
+    if derived and large:
         log("model over 2 GB: no Python fusions (they would need ~10x the weights in memory): onnx-optimized is "
             "not built, int8 and fp16 are converted from the unfused graph")
-    if not large and {"onnx-optimized", "int8", "fp16"} & set(variants):
+    elif derived:
         fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], model)
         built["onnx-optimized"] = {"fused_operators": fused}
         log(f"fused operators: {fused}")

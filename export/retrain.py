@@ -145,14 +145,15 @@ def fetch_feedback(url: str, out: Path, log: Callable[[str], None] = print) -> l
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            out.write_bytes(response.read())
+            body = response.read()
+        out.write_bytes(body)
     except urllib.error.HTTPError as error:
         detail = error.read().decode("utf-8", "replace")[:300]
         hint = " (set QAEMBED_ADMIN_API_KEY to the service's admin key)" if error.code in (401, 403) else ""
         raise ExportError(f"feedback from {url}: HTTP {error.code} {detail}{hint}") from None
     except (urllib.error.URLError, OSError) as error:
         raise ExportError(f"feedback from {url}: {getattr(error, 'reason', error)}") from None
-    rows = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
+    rows = sum(1 for line in body.splitlines() if line.strip())
     log(f"feedback: {rows} rows from {url}")
     return [str(out)] if rows else []
 

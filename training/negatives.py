@@ -119,8 +119,8 @@ def _below(ranked, ceiling: float, passages: Sequence[str], excluded: set[str], 
     for score, passage_index in ranked:
         if passage_index < 0 or score > ceiling:  # -1: FAISS had fewer results than asked
             continue
-        candidate = passages[passage_index]
-        if candidate not in excluded and candidate not in taken:
+        candidate = passages[passage_index]  # passages are unique, so a ranking never repeats one
+        if candidate not in excluded:
             taken.append(candidate)
             if len(taken) == count:
                 break

@@ -2,8 +2,9 @@
 
 * ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (``mnrl``) or
   ``CachedMultipleNegativesRankingLoss`` (``cached_mnrl``: large batches in bounded memory).
-* Batches never repeat a text (a duplicate would be scored as a false in-batch negative of itself) and
-  stay full when passages have many questions (:mod:`training.sampler`).
+* Batches never repeat a question or passage, nor hold one as another row's negative (it would be scored
+  as a false in-batch negative of itself), and stay full when passages have many questions
+  (:mod:`training.sampler`).
 * The query instruction is applied to the question column only, via the trainer's ``prompts``.
 * Evaluation each epoch with :mod:`training.metrics` (the same MRR@10 as the final report); the
   best checkpoint by MRR@10 is kept. Runs under ``torchrun`` as DDP without changes.
@@ -211,10 +212,10 @@ def fine_tune(
     seconds = time.perf_counter() - started
     if trainer.state.global_step == 0:
         raise TrainingError(
-            f"no training step was taken: no batch of {settings.batch_size} rows with all-distinct texts could be "
-            f"formed from {len(train_records)} rows with {len(to_dataset(train_records).column_names) - 2} negatives "
-            "each (a passage may appear once per batch; under torchrun incomplete batches are dropped). "
-            "Lower --batch_size or --num_negatives, or add data."
+            f"no training step was taken: no batch of {settings.batch_size} rows could be formed from "
+            f"{len(train_records)} rows with {len(trainer.train_dataset.column_names) - 2} negatives each "
+            "(a question's passage appears once per batch and never as another row's negative; under torchrun "
+            "incomplete batches are dropped). Lower --batch_size or --num_negatives, or add data."
         )
     history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     rows = rows_per_step(trainer)
