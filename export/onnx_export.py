@@ -115,7 +115,13 @@ def export_fp32(model: SentenceTransformer, path: Path) -> None:
         save_onnx(onnx.load(str(Path(scratch) / "model.onnx")), path)
 
 
-def optimize(source: Path, target: Path, model: SentenceTransformer) -> dict:
+def attention_shape(model: SentenceTransformer) -> tuple[int, int]:
+    """(attention heads, hidden size) of the encoder: what :func:`optimize` needs to match Attention."""
+    config = model[0].auto_model.config
+    return config.num_attention_heads, config.hidden_size
+
+
+def optimize(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict:
     """onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, ...); returns the fused-op counts.
 
     Only the hardware-independent Python fusions are saved; the session still applies its own
@@ -123,20 +129,25 @@ def optimize(source: Path, target: Path, model: SentenceTransformer) -> dict:
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    config = model[0].auto_model.config
-    optimized = optimize_model(
-        str(source), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
-    )
+    optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     _save_onnx_model(optimized, target)
     return {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
 
 
-def convert_fp16(optimized_source: Path, target: Path) -> None:
-    """fp16 weights and compute (for GPU serving); inputs/outputs keep their int64/float32 types."""
+def convert_fp16(source: Path, target: Path, fused: bool = True) -> None:
+    """fp16 weights and compute (for GPU serving); inputs/outputs keep their int64/float32 types.
+
+    ``fused``: ``source`` holds onnxruntime's fused com.microsoft operators, which only its symbolic shape
+    inference types. That one copies every weight several times (a bge-m3-sized plain graph peaked at
+    19.6 GB), so plain graphs go through ONNX shape inference on the file instead (8 GB less)."""
+    from onnxruntime.transformers import float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(optimized_source)))
-    model.convert_float_to_float16(keep_io_types=True)
+    if fused:
+        model = OnnxModel(onnx.load(str(source)))
+        model.convert_float_to_float16(keep_io_types=True)
+    else:
+        model = OnnxModel(float16.convert_float_to_float16(str(source), keep_io_types=True))
     _save_onnx_model(model, target)
 
 

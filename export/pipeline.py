@@ -1,8 +1,9 @@
 """Export a sentence-transformers model, gate it and publish it as the next bundle version.
 
-Steps: ONNX fp32 (pooling + normalisation in the graph) → onnxruntime fusions (``onnx-optimized``)
-→ dynamic int8 of the fused graph → optional fp16; then the parity gate on real texts, the quality
-gate when eval data is given, and an atomic publish. Everything is built in the registry's staging
+Steps: ONNX fp32 (pooling + normalisation in the graph), tokenizer and PyTorch reference embeddings,
+after which the PyTorch model is released → onnxruntime fusions (``onnx-optimized``) → dynamic int8 of
+the fused graph → optional fp16; then the parity gate on real texts and the quality gate when eval data
+is given, one variant's session at a time, and an atomic publish. Everything is built in the registry's staging
 folder and discarded when a step or a gate fails (unless ``force``).
 
 Example::
@@ -14,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,21 +57,37 @@ def export_model(
     target = detect_int8_target() if int8_target == "auto" else int8_target
 
     # torch and sentence-transformers load only once the inputs are known to be valid (a fast refusal).
-    from export.onnx_export import load_model, model_facts, save_tokenizer, save_torch_weights
+    from export.onnx_export import (
+        attention_shape,
+        export_fp32,
+        load_model,
+        model_facts,
+        save_tokenizer,
+        save_torch_weights,
+    )
 
     model = load_model(model_dir, max_seq_length)
     facts = model_facts(model, model_dir)
     staging = registry_api.new_staging_dir(registry, name)
     try:
-        built = _build(model, staging, variants, target, per_channel, fp32_layers, log)
-        variants = [v for v in variants if v == "onnx" or (staging / FILES[v]).exists()]
+        started = time.perf_counter()
+        export_fp32(model, staging / FILES["onnx"])
+        log(f"onnx fp32 exported in {time.perf_counter() - started:.1f}s")
         facts["tokenizer"] = save_tokenizer(model, staging)
         if include_torch:
             save_torch_weights(model, staging / "torch")
             facts["torch"] = "torch"
+        texts = gates.parity_texts(records)
+        reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        shape = attention_shape(model)
+        # Everything that needs PyTorch is done: release the weights before quantisation and the gates each
+        # take their own copies (a bge-m3-sized export: 8.9 GB peak, 20.3 GB when everything was held at once).
+        del model
+        gc.collect()
+        built = _build_derived(staging, variants, shape, target, per_channel, fp32_layers, log)
+        variants = [v for v in variants if v == "onnx" or (staging / FILES[v]).exists()]
         facts["variants"] = {v: {"file": FILES[v], **built.get(v, {})} for v in variants}
-        # Quality and parity need the graphs on disk; the unpublished helpers are removed afterwards.
-        facts |= _run_gates(model, staging, variants, records, facts, threads, force, log)
+        facts |= _run_gates(staging, variants, records, texts, reference, facts, threads, force, log)
         for helper in set(FILES) - set(variants):
             for file in staging.glob(FILES[helper] + "*"):
                 file.unlink()
@@ -78,15 +96,13 @@ def export_model(
         registry_api.discard_staging(staging)  # a no-op once published (the folder was renamed)
 
 
-def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_layers: int,
-           log) -> dict[str, dict]:
-    """Write the ONNX files; returns per-variant extras for the manifest."""
-    from export.onnx_export import convert_fp16, export_fp32, optimize
+def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str, per_channel: bool,
+                   fp32_layers: int, log) -> dict[str, dict]:
+    """Write the variants derived from ``model.onnx``; returns per-variant extras for the manifest.
+    ``shape``: (attention heads, hidden size), which the fusions need."""
+    from export.onnx_export import convert_fp16, optimize
 
     built: dict[str, dict] = {"onnx": {}}
-    started = time.perf_counter()
-    export_fp32(model, staging / FILES["onnx"])
-    log(f"onnx fp32 exported in {time.perf_counter() - started:.1f}s")
     # onnxruntime's Python fusions hold several copies of the weights: a bge-m3-sized model (2.3 GB) was
     # OOM-killed at 22.8 GB on a 24 GB machine. Over 2 GB (external data) int8 and fp16 come from the plain
     # graph, which the session still fuses at load time; onnx-optimized is not built.
@@ -96,37 +112,41 @@ def _build(model, staging: Path, variants, target: str, per_channel: bool, fp32_
         log("model over 2 GB: no Python fusions (they would need ~10x the weights in memory): onnx-optimized is "
             "not built, int8 and fp16 are converted from the unfused graph")
     elif derived:
-        fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], model)
+        fused = optimize(staging / FILES["onnx"], staging / FILES["onnx-optimized"], *shape)
         built["onnx-optimized"] = {"fused_operators": fused}
         log(f"fused operators: {fused}")
+    source = "onnx" if large else "onnx-optimized"
     if "int8" in variants:
-        source = "onnx" if large else "onnx-optimized"
         settings = quantize_int8(staging / FILES[source], staging / FILES["int8"], target, per_channel,
                                  large, fp32_layers=fp32_layers)
         built["int8"] = {"quantization": {**settings, "source_variant": source, "fp32_layers": fp32_layers}}
         log(f"int8 quantised for {target} from {source} (per_channel={per_channel})")
     if "fp16" in variants:
-        convert_fp16(staging / FILES["onnx" if large else "onnx-optimized"], staging / FILES["fp16"])
+        convert_fp16(staging / FILES[source], staging / FILES["fp16"], fused=not large)
+        log(f"fp16 converted from {source}")
     for variant, extras in built.items():
         extras["external_data"] = (staging / (FILES[variant] + ".data")).exists()
     return built
 
 
-def _run_gates(model, staging: Path, variants, records, facts: dict, threads, force: bool, log) -> dict:
-    texts = gates.parity_texts(records)
-    reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-    encoders = {}
+def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, threads, force: bool,
+               log) -> dict:
+    """Parity of every variant to the PyTorch ``reference`` of ``texts``; quality of fp32 and int8 on the
+    eval ``records``. Each variant's session is opened, measured and dropped before the next one."""
+    mean_cosine, measured = {}, {}
     for variant in variants:  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
         encoder = OnnxEncoder(staging / FILES[variant], staging / facts["tokenizer"], facts["max_seq_length"],
                               threads)
-        encoders[variant] = encoder.encode
-    result = {"parity": {"texts": len(texts), "mean_cosine": gates.parity(reference, encoders, texts),
-                         "minimum": {v: gates.PARITY_MIN[v] for v in encoders}}}
-    failures = gates.parity_failures(result["parity"]["mean_cosine"])
-    log(f"parity (mean cosine to PyTorch): {result['parity']['mean_cosine']}")
+        mean_cosine |= gates.parity(reference, {variant: encoder.encode}, texts)
+        if records and variant in ("onnx", "int8"):
+            measured |= gates.quality(records, {variant: encoder.encode}, facts["query_prompt"])
+        del encoder
+        gc.collect()
+    result = {"parity": {"texts": len(texts), "mean_cosine": mean_cosine,
+                         "minimum": {v: gates.PARITY_MIN[v] for v in mean_cosine}}}
+    failures = gates.parity_failures(mean_cosine)
+    log(f"parity (mean cosine to PyTorch): {mean_cosine}")
     if records:
-        measured = gates.quality(records, {v: encoders[v] for v in ("onnx", "int8") if v in encoders},
-                                 facts["query_prompt"])
         queries = len({r.question for r in records})
         result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.allowed_drop(queries),
                              "pairs": len(records), "questions": queries, **measured}
