@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--passages", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--load_note", default="not recorded",
+                        help="how busy the machine was (other jobs, load average), printed in the report")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "export.md"))
     args = parser.parse_args()
 
@@ -255,7 +257,7 @@ def _report(rows, study, profile, flags, export_seconds, args, png) -> str:
         f"Command: `.venv/bin/python bench/bench_export.py --threads {args.threads}` "
         f"(model: bundled all-MiniLM-L6-v2; texts: {args.queries} questions and {args.passages} passages from "
         "`../shared/data/turkish-qa/*.jsonl`; best of "
-        f"{args.repeats} runs; the CPU was shared with other work, so absolute numbers are noisy).",
+        f"{args.repeats} runs; machine load: {args.load_note}).",
         "",
         f"CPU: {_cpu_name()} ({platform.machine()}); flags that matter: "
         f"{', '.join(f for f in FLAGS_THAT_MATTER if f in flags) or 'none'}; int8 target detected: "
