@@ -6,7 +6,7 @@
   by exact inner-product search (``faiss.IndexFlatIP``). Random vectors are the hard case for
   approximate indexes (no cluster structure), so recall here is a floor, not a typical value.
 * **FAISS**: :class:`service.index.Collection` (what a replica searches in process) as exact
-  ``flat``, the service default at this size (``auto`` = IVF-SQ8, nlist ≈ √n, nprobe 64) and
+  ``flat``, the service default at this size (``auto`` = IVF-SQ8, nlist = 4·√n, nprobe 64) and
   ``hnsw`` (M 32, ef 64), one OpenMP thread per search as in the service.
 * **Milvus Lite**: ``milvus-lite server`` (Milvus Lite 3.x, a separate process on loopback, as shared
   by several replicas), searched through :class:`service.milvus.MilvusCollection` (the service's
