@@ -6,7 +6,7 @@
   by exact inner-product search (``faiss.IndexFlatIP``). Random vectors are the hard case for
   approximate indexes (no cluster structure), so recall here is a floor, not a typical value.
 * **FAISS**: :class:`service.index.Collection` (what a replica searches in process) as exact
-  ``flat``, the service default at this size (``auto`` = IVF-SQ8, nlist = 4·√n, nprobe 64) and
+  ``flat``, the service default at this size (``auto`` = IVF-SQ8, nlist = 2·√n, nprobe 64) and
   ``hnsw`` (M 32, ef 64), one OpenMP thread per search as in the service.
 * **Milvus Lite**: ``milvus-lite server`` (Milvus Lite 3.x, a separate process on loopback, as shared
   by several replicas), searched through :class:`service.milvus.MilvusCollection` (the service's
@@ -208,7 +208,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def report(results: dict) -> str:
     lines = ["# Index backends: FAISS vs Milvus Lite", "",
              f"Command: `{results['command']}` ({results['machine']}; {results['seconds_total']} s; load average "
-             f"{results['load_average']} at the end: the 2 cores were shared with other jobs, so compare rows, "
+             f"{results['load_average']} at the end, this benchmark and Milvus Lite's server included: compare rows, "
              "not absolute numbers). "
              f"{results['n']:,} random unit vectors (dim {DIM}), {QUERIES} random queries, top {K}; recall@10 "
              "against exact search. Clients are threads of the benchmark process sending one query per request "

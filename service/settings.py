@@ -81,7 +81,7 @@ class Settings:
     # index
     index: str = "auto"
     flat_max: int = 50_000  # auto: exact search up to this many documents, IVF-SQ8 above
-    nlist: int = 0  # 0 → 4·√n (IndexConfig.lists)
+    nlist: int = 0  # 0 → 2·√n (IndexConfig.lists)
     nprobe: int = 64
     hnsw_m: int = 32
     ef_construction: int = 80

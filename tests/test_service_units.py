@@ -207,9 +207,9 @@ def test_auto_index_choice():
     assert IndexConfig(kind="ivf").resolve(10) == "flat"  # too few vectors to train
 
 
-def test_ivf_list_count_follows_four_root_n_with_enough_training_points_per_list():
-    assert IndexConfig().lists(1_000_000) == 4000 and IndexConfig().lists(100_000) == 1264
-    assert IndexConfig().lists(1000) == 25  # 4·√1000 = 126 lists would get < 39 points each
+def test_ivf_list_count_follows_two_root_n_with_enough_training_points_per_list():
+    assert IndexConfig().lists(1_000_000) == 2000 and IndexConfig().lists(100_000) == 632
+    assert IndexConfig().lists(1000) == 25  # 2·√1000 = 63 lists would get < 39 points each
     assert IndexConfig(nlist=300).lists(1_000_000) == 300  # --nlist wins
 
 
