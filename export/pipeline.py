@@ -80,8 +80,9 @@ def export_model(
         texts = gates.parity_texts(records)
         reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         shape = attention_shape(model)
-        # Everything that needs PyTorch is done: release the weights before quantisation and the gates each
-        # take their own copies (a bge-m3-sized export: 8.9 GB peak, 20.3 GB when everything was held at once).
+        # Everything that needs PyTorch is done: release the weights before quantisation and the gates take
+        # their own copies (with convert_fp16's file-based path, a bge-m3-sized export peaks at 8.9 GB; 20.3 GB
+        # before both changes, docs/benchmarks/export_large.md).
         del model
         gc.collect()
         built = _build_derived(staging, variants, shape, target, per_channel, fp32_layers, log)
