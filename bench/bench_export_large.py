@@ -29,6 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from proc_stats import memory_mb  # noqa: E402  (bench/, next to this script)
+
 from training.presets import BGE_QUERY_INSTRUCTION  # noqa: E402
 
 # BAAI/bge-m3's config.json, as published.
@@ -38,9 +40,9 @@ BGE_M3 = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_att
 
 
 def memory_gb() -> tuple[float, float]:
-    """This process's resident memory now and its high-water mark, in GB (Linux /proc)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return tuple(int(fields[key].split()[0]) / 1024 ** 2 for key in ("VmRSS", "VmHWM"))
+    """This process's resident memory now and its high-water mark, in GB."""
+    memory = memory_mb()
+    return memory["VmRSS"] / 1024, memory["VmHWM"] / 1024
 
 
 def build_model(folder: Path) -> None:
@@ -69,8 +71,9 @@ def main() -> None:
     stamps: list[tuple[str, float]] = []
 
     def log(line: str) -> None:
-        stamps.append((line, time.perf_counter() - started, *memory_gb()))
-        print(f"[{time.perf_counter() - started:6.0f} s] {line}  (RSS, peak: %.1f, %.1f GB)" % memory_gb(), flush=True)
+        rss, peak = memory_gb()
+        stamps.append((line, time.perf_counter() - started, rss, peak))
+        print(f"[{time.perf_counter() - started:6.0f} s] {line}  (RSS, peak: {rss:.1f}, {peak:.1f} GB)", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="qaembed-large-") as work:
         work = Path(work)

@@ -39,6 +39,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from proc_stats import cpu_seconds, memory_mb  # noqa: E402  (bench/, next to this script)
+
 DATA = Path(os.environ.get("QAEMBED_QA_DATA", "/work/shared/data/turkish-qa"))
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks" / "service.md"
@@ -114,9 +116,7 @@ class Service:
         raise TimeoutError("service not ready")
 
     def memory_mb(self) -> dict:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+        return memory_mb(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -124,12 +124,6 @@ class Service:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(url: str, path: str, bodies: list[dict], clients: int, max_requests: int, max_seconds: float,
@@ -349,8 +343,9 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
         svc.stop()
     print("search", result, flush=True)
     cpu = result.get("cpu_ms_per_request", {})
-    # Little's law: 8 requests always in flight, each needing this much CPU of the 2 cores
-    bound_ms = round(8 * (cpu.get("service", 0) + cpu.get("load_generator", 0)) / (os.cpu_count() or 1), 1)
+    # Little's law: `clients` requests always in flight, each needing this much CPU of the cores
+    bound_ms = round(result["clients"] * (cpu.get("service", 0) + cpu.get("load_generator", 0))
+                     / (os.cpu_count() or 1), 1)
     return {"documents": n, "ready_s": round(ready_s, 1), "index": index_info,
             "baseline_encode_search_ms": baseline_ms["exact"], "baseline_ms": baseline_ms,
             "load": result, "rss_mb_loaded": mem_loaded["VmRSS"], "peak_rss_mb": mem["VmHWM"],
@@ -511,17 +506,17 @@ def search_section(s: dict) -> list[str]:
     baselines = ", ".join(f"{kind} {ms} ms" for kind, ms in s.get("baseline_ms", {}).items())
     lines = ["", "## /search at 100k documents", "",
              f"{s['documents']} documents (real passage embeddings + noise, loaded from a snapshot in "
-             f"{s['ready_s']} s), service default index ({describe_index(s.get('index'))}), 8 concurrent "
-             f"clients, top_k 10: p50 {load['p50']} ms, p95 {load['p95']} ms, **p99 {load['p99']} ms**, "
+             f"{s['ready_s']} s), service default index ({describe_index(s.get('index'))}), {load['clients']} "
+             f"concurrent clients, top_k 10: p50 {load['p50']} ms, p95 {load['p95']} ms, **p99 {load['p99']} ms**, "
              f"{load['requests_per_s']} requests/s, errors {load['errors'] or 0}. In-process encode + search of "
              f"one query (median of 100): {baselines} → p99 / exact baseline = **{s['p99_over_baseline']}×** "
              f"(goal ≤ 2×). Service RSS with 100k documents loaded: {s['rss_mb_loaded']} MB; "
              f"**peak RSS {s['peak_rss_mb']} MB**."]
     if cpu:
         lines += ["", f"CPU per request during the load: service {cpu['service']} ms, load generator "
-                  f"{cpu['load_generator']} ms. With 8 requests always in flight on "
+                  f"{cpu['load_generator']} ms. With {load['clients']} requests always in flight on "
                   f"{os.cpu_count()} cores, no scheduling can bring the mean latency below "
-                  f"8 × {cpu['service'] + cpu['load_generator']:.1f} ms / {os.cpu_count()} = "
+                  f"{load['clients']} × {cpu['service'] + cpu['load_generator']:.1f} ms / {os.cpu_count()} = "
                   f"**{s['mean_latency_bound_ms']} ms** (Little's law); the measured p50 is {load['p50']} ms. "
                   f"That bound alone is {s['mean_latency_bound_ms'] / s['baseline_encode_search_ms']:.1f}× the exact "
                   f"baseline: the service already runs at the CPU's limit (encoding one query with this model "
