@@ -8,8 +8,10 @@
   (:class:`~service.errors.Overloaded`, 429), never queued.
 * **Abandoned requests dropped.** A request whose client went away is marked cancelled; its texts
   are skipped when the worker reaches them.
-* **Off the event loop.** Forward passes run in one dedicated thread (also the right thing for a
-  GPU); results are handed back with ``loop.call_soon_threadsafe``.
+* **Off the event loop.** Forward passes run in ``workers`` dedicated threads that drain the same
+  queue; results are handed back with ``loop.call_soon_threadsafe``. One worker suits a GPU; on CPU
+  two small forward passes at once keep both cores busier than one pass split across intra-op
+  threads (ONNX Runtime's ``run`` is thread-safe; measured in docs/benchmarks/service.md).
 
 Example::
 
@@ -77,7 +79,8 @@ class Job:
         self.enqueued = time.perf_counter()
         self.first_start: float | None = None
         self.last_end = 0.0
-        self.cancelled = False  # read by the worker thread; a plain bool is enough
+        self.cancelled = False  # read by the worker threads; a plain bool is enough
+        self._lock = threading.Lock()  # two workers may finish pieces of the same job at once
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -106,18 +109,24 @@ class Job:
         self.cancel()
         raise ClientGone()
 
-    # called in the worker thread ---------------------------------------------------------------
+    # called in the worker threads --------------------------------------------------------------
     def _deliver(self, rows: list[int], vectors: np.ndarray, start: float, end: float) -> None:
-        self.out[rows] = vectors
-        self.first_start = start if self.first_start is None else self.first_start
-        self.last_end = end
-        self.remaining -= len(rows)
-        if self.remaining == 0:
-            result = EmbedResult(self.out, self.tokens, self.first_start - self.enqueued, end - self.first_start)
-            self.loop.call_soon_threadsafe(_resolve, self.future, result, None)
+        with self._lock:
+            if self.remaining <= 0:  # already failed
+                return
+            self.out[rows] = vectors
+            self.first_start = start if self.first_start is None else min(self.first_start, start)
+            self.last_end = max(self.last_end, end)
+            self.remaining -= len(rows)
+            if self.remaining > 0:
+                return
+            result = EmbedResult(self.out, self.tokens, self.first_start - self.enqueued,
+                                 self.last_end - self.first_start)
+        self.loop.call_soon_threadsafe(_resolve, self.future, result, None)
 
     def _fail(self, exc: BaseException) -> None:
-        self.remaining = -1
+        with self._lock:
+            self.remaining = -1
         self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
 
 
@@ -139,11 +148,11 @@ class _Item:
 
 
 class BatchQueue:
-    """Bounded FIFO of texts plus the inference thread that drains it in token-budgeted batches."""
+    """Bounded FIFO of texts plus the inference threads that drain it in token-budgeted batches."""
 
     def __init__(self, backend: Backend, *, max_batch_tokens: int = 16384, max_batch_size: int = 128,
                  max_wait_s: float = 0.002, capacity: int = 2048, metrics: ServiceMetrics | None = None,
-                 name: str = "inference") -> None:
+                 name: str = "inference", workers: int = 1) -> None:
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = min(max_batch_size, backend.max_batch_size or max_batch_size)
@@ -157,8 +166,11 @@ class BatchQueue:
         if metrics is not None:
             metrics.queue_capacity.set(capacity)
             metrics.queue_size.set(0)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.workers = max(1, workers)
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def size(self) -> int:
@@ -187,13 +199,15 @@ class BatchQueue:
         return job
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, then stop the threads."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    # worker thread ------------------------------------------------------------------------------
+    # worker threads -----------------------------------------------------------------------------
     def _full(self) -> bool:
         return len(self._items) >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
 
@@ -223,7 +237,8 @@ class BatchQueue:
                 if not self._items and self._closing:
                     return
                 deadline = self._items[0].enqueued + self.max_wait_s
-                while not self._full() and not self._closing:
+                # another worker may take the texts while this one waits: then start over
+                while self._items and not self._full() and not self._closing:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break

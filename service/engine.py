@@ -607,6 +607,7 @@ class Engine:
                        "max_body_bytes": s.max_body_bytes, "max_top_k": s.max_top_k,
                        "max_batch_tokens": s.max_batch_tokens, "max_batch_size": s.max_batch_size,
                        "max_wait_ms": s.max_wait_ms, "max_queue_size": s.max_queue_size,
+                       "inference_workers": gen.model.queue.workers if gen else None,
                        "max_seq_length": gen.model.spec.max_seq_length if gen else None},
             "queue": {"size": gen.model.queue.size if gen else 0, "capacity": s.max_queue_size},
             "durability": {"data_dir": str(s.data_dir) if s.data_dir else None,

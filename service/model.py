@@ -49,7 +49,8 @@ class EmbeddingModel:
         self.queue = BatchQueue(backend, max_batch_tokens=settings.max_batch_tokens,
                                 max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
                                 capacity=settings.max_queue_size, metrics=metrics,
-                                name=f"inference-{spec.version}")
+                                name=f"inference-{spec.version}",
+                                workers=settings.inference_workers or backend.concurrent_batches)
         self.bulk_chunk = max(1, min(settings.max_batch_size, settings.max_queue_size // 4))
 
     @property
@@ -103,7 +104,7 @@ class EmbeddingModel:
         self.backend.health()
 
     def close(self) -> None:
-        """Finish queued work, stop the inference thread, release the backend."""
+        """Finish queued work, stop the inference threads, release the backend."""
         self.queue.close()
         self.backend.close()
 

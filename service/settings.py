@@ -68,6 +68,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     torch_model: Path | None = None  # sentence-transformers folder for --backend torch
     intra_op_threads: int = 0  # 0 → number of CPU cores
+    inference_workers: int = 0  # forward passes at once; 0 → the backend's choice (2 for ONNX on CPU, else 1)
     max_batch_tokens: int = 16384  # padded tokens (batch × longest) per forward pass
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
@@ -126,6 +127,7 @@ class Settings:
         add("--device", choices=("auto", "cpu", "cuda"))
         add("--torch_model", type=Path, help="sentence-transformers folder for --backend torch")
         add("--intra_op_threads", type=int)
+        add("--inference_workers", type=int, help="forward passes run at once (default: the backend's choice)")
         add("--max_batch_tokens", type=int)
         add("--max_batch_size", type=int)
         add("--max_wait_ms", type=float)
@@ -228,7 +230,7 @@ class Settings:
                      "max_body_bytes", "max_top_k", "flat_max", "nprobe", "hnsw_m", "ef_construction",
                      "ef_search", "pq_m", "index_threads", "snapshot_every"):
             positive(name)
-        for name in ("max_wait_ms", "intra_op_threads", "nlist"):
+        for name in ("max_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
             positive(name, allow_zero=True)
         if self.reload_interval is not None and not 0 <= self.reload_interval < float("inf"):
             raise SettingsError(f"--reload_interval must be >= 0 seconds, got {self.reload_interval}")

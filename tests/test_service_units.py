@@ -142,6 +142,48 @@ def test_queue_full_is_refused_at_once_and_cancelled_jobs_are_dropped():
     assert len(backend.shapes) == 3  # 1 + 2; the cancelled text never reached the model
 
 
+def test_two_workers_run_forward_passes_at_once_and_reassemble_split_requests():
+    class Overlapping(RecordingBackend):
+        """Each pass waits (bounded) for a second one to be inside the model at the same time."""
+
+        def __init__(self):
+            super().__init__()
+            self.inside = 0
+            self.most_inside = 0
+            self.lock = threading.Lock()
+            self.both = threading.Event()
+
+        def embed(self, ids, mask, types):
+            with self.lock:
+                self.inside += 1
+                self.most_inside = max(self.most_inside, self.inside)
+                if self.inside == 2:
+                    self.both.set()
+            self.both.wait(2)
+            try:
+                return super().embed(ids, mask, types)
+            finally:
+                with self.lock:
+                    self.inside -= 1
+
+    backend = Overlapping()
+
+    async def main():
+        q = BatchQueue(backend, max_batch_size=1, max_wait_s=0, capacity=100, workers=2)
+        many = q.submit([enc(i, 3) for i in range(1, 21)])  # one request, twenty single-text passes
+        other = q.submit([enc(99, 3)])
+        results = await many.wait(), await other.wait()
+        q.close()
+        return results
+
+    many, other = asyncio.run(main())
+    assert backend.most_inside == 2 and backend.both.is_set()
+    expected = np.array([i / np.sqrt(i * i + 1) for i in range(1, 21)], np.float32)
+    np.testing.assert_allclose(many.vectors[:, 0], expected, rtol=1e-6)  # every row back in its place
+    assert other.vectors[0, 0] == pytest.approx(99 / np.sqrt(99 * 99 + 1))
+    assert len(backend.shapes) == 21
+
+
 def test_queue_failure_fails_requests_not_the_worker():
     class Flaky(RecordingBackend):
         def embed(self, ids, mask, types):

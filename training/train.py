@@ -173,6 +173,7 @@ def build_trainer(
         logging_steps=max(1, steps_per_epoch * settings.epochs // 25),
         fp16=cuda and not bf16,
         bf16=bf16,
+        dataloader_pin_memory=cuda,  # pinning needs a GPU; on CPU it only prints a warning per epoch
         report_to="none",
     )
     # Under torchrun the arguments set up the process group; gathering makes every GPU's passages

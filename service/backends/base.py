@@ -46,13 +46,14 @@ class ModelSpec:
 
 
 class Backend(ABC):
-    """One loaded model. ``embed`` is called from a single inference thread."""
+    """One loaded model. ``embed`` is called from ``concurrent_batches`` inference threads at most."""
 
     kind: str = "base"
     device: str = "cpu"
     variant: str = "none"
     dimension: int = 0
     max_batch_size: int | None = None  # backend preference, combined with the queue's limits
+    concurrent_batches: int = 1  # forward passes it runs well at once (``embed`` must then be thread-safe)
 
     def health(self) -> None:  # noqa: B027 - optional hook
         """Raise :class:`BackendError` if the model cannot serve."""
