@@ -55,7 +55,8 @@ class EmbedRequest(_Model):
     """Hugging Face text-embeddings-inference ``/embed``."""
 
     inputs: str | list[str]
-    normalize: bool = True
+    # accepted for TEI clients; the exported graph pools and L2-normalises, so vectors are always unit length
+    normalize: bool = Field(True, description="accepted for compatibility: embeddings are always unit length")
     truncate: bool = True
     truncation_direction: Literal["right", "Right"] = "right"
     prompt_name: str | None = None
