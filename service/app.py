@@ -283,6 +283,7 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
 
     # ------------------------------------------------------------------ embeddings
     @app.post("/embed", summary="Embed texts (Hugging Face TEI compatible)")
+    @app.post("/", summary="Same as /embed: TEI's root route, where huggingface_hub's InferenceClient posts")
     async def embed(req: EmbedRequest, request: Request) -> Response:
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         _check_texts(texts, settings)

@@ -233,6 +233,28 @@ def test_openai_client_float_and_base64(server, client):
     assert len(base64.b64decode(raw["data"][0]["embedding"])) == 384 * 4
 
 
+def test_tei_client_unchanged_on_root_and_embed_routes(server, client):
+    """huggingface_hub's InferenceClient, as pointed at a TEI server: it posts to the URL it is given."""
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.utils import reset_sessions
+
+    text = "Kredi kartı aidatı nasıl iade edilir?"
+    expected = np.array(client.post("/embed", json={"inputs": text}).json())
+    query = np.array(client.post("/embed", json={"inputs": text, "prompt_name": "query"}).json())
+    offline = constants.HF_HUB_OFFLINE  # HF_HUB_OFFLINE=1 (set for the tests) refuses loopback URLs too
+    constants.HF_HUB_OFFLINE = False
+    reset_sessions()
+    try:
+        for url in (server.url, server.url + "/embed"):  # TEI serves /embed at its root too
+            tei = InferenceClient(model=url)
+            np.testing.assert_allclose(tei.feature_extraction(text), expected, atol=1e-5)
+            np.testing.assert_allclose(tei.feature_extraction(text, prompt_name="query", truncate=True), query,
+                                       atol=1e-5)
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+        reset_sessions()
+
+
 # ------------------------------------------------------------------------------------------- search
 def test_search_finds_the_right_passage(client, example_data):
     pairs = json.loads(example_data.read_text())
