@@ -48,8 +48,9 @@ class OnnxBackend(Backend):
         # On CPU a bigger batch brings no speed-up per text (measured: bs 32 costs more per text than
         # bs 1-8 on 2 cores); small batches keep latency low. GPUs want large batches.
         self.max_batch_size = 16 if self.device == "cpu" else None
-        # Under load, two forward passes at once do ~1.5× the work of one pass split over the intra-op
-        # threads (short texts parallelise poorly inside a pass); alone, a pass still gets every thread.
+        # Short texts parallelise poorly inside one pass: two passes at once cost ~9.5 CPU-ms per query
+        # against ~12 for one pass over 2 threads (1.10× the /embed traffic, docs/benchmarks/service.md);
+        # alone, a pass still gets every thread.
         self.concurrent_batches = 2 if self.device == "cpu" and options.intra_op_num_threads > 1 else 1
         self.variant = spec.variant
         names = {i.name for i in self.session.get_inputs()}
