@@ -80,7 +80,7 @@ class IndexConfig:
     def lists(self, n: int) -> int:
         """IVF lists for ``n`` vectors: ``nlist``, or 2·√n. Measured at nprobe 64 on vectors shaped like real
         embeddings (bench/bench_service.py, ad-hoc sweep 2026-11-26): √n lists fell below recall@10 0.95 at 1M
-        (0.942), 2·√n keeps ~0.97 at both 100k and 1M and searches 1.7× (100k) to 2× (1M) faster than √n;
+        (0.942), 2·√n keeps 0.96 at both 100k and 1M and searches 1.8× (100k) to 2× (1M) faster than √n;
         4·√n (the low end of FAISS's guidance) is faster still but lost 2 points of recall at 100k and
         triples the k-means time (95 s at 1M on 2 cores). Capped so each list gets ≥ 39 training points."""
         nlist = self.nlist or int(2 * math.sqrt(max(n, 1)))
