@@ -479,8 +479,11 @@ def embed_section(results: dict) -> list[str]:
         lines.append(f"| {r['mode']} | {r['clients']} | {r['texts_per_s']} | {r['texts_per_s'] / torch_tps:.2f} | "
                      f"{r['p50']} | {r['p95']} | {r['p99']} | {r['mean_batch']} | {cpu_cell} | "
                      f"{r['errors'] or 0} |")
-    lines += one_worker_sentence(results["embed"], next(
-        (r for r in results["embed"]["levels"] if r["mode"] == "single" and r["clients"] == 16), None), "texts_per_s")
+    one = results["embed"].get("one_worker")
+    if one:  # compared with the single-text level at the same client count
+        lines += one_worker_sentence(results["embed"], next(
+            (r for r in results["embed"]["levels"] if r["mode"] == "single" and r["clients"] == one["clients"]),
+            None), "texts_per_s")
     inf = results.get("infinity")
     if inf:
         ours = {r["clients"]: r for r in results["embed"]["levels"] if r["mode"] == "single"}
