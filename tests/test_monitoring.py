@@ -38,8 +38,8 @@ MON = ROOT / "k8s" / "monitoring"
 RULES_CR = MON / "prometheusrule.yaml"
 RULES_TEST = MON / "tests" / "qaembed-rules_test.yml"
 DASHBOARD = MON / "grafana" / "qaembed-dashboard.json"
-ALERTS = {"QaembedHighLatencyP99", "QaembedHighErrorRatio", "QaembedNotReady", "QaembedQueueSaturated",
-          "QaembedNoDocuments"}
+ALERTS = {"QaembedHighLatencyP99", "QaembedHighErrorRatio", "QaembedDown", "QaembedNotReady",
+          "QaembedQueueSaturated", "QaembedNoDocuments"}
 # `<expression> <comparison> <number>`: the live test queries the left side.
 ALERT_FORM = re.compile(r"^(?P<lhs>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>[0-9.]+(?:e-?[0-9]+)?)$", re.S)
 
@@ -70,6 +70,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 def metric_names(expr: str) -> set[str]:
     """Metric and recording-rule names an expression selects (identifiers followed by { [ or space)."""
+    expr = re.sub(r'"[^"]*"', '""', expr)  # label values such as job="qaembed" are not names
     words = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?=[{\[)]|$)", expr))
     words |= set(re.findall(r"\b(qaembed[a-zA-Z0-9_:]*)", expr))
     return {w for w in words if w.startswith("qaembed")}
