@@ -73,7 +73,7 @@ def test_overlay_validates_strictly(overlay: str, version: str, tmp_path: Path) 
     assert "ERROR" not in out.stdout + out.stderr
     kinds = {d["kind"] for d in builtin}
     assert {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "PersistentVolumeClaim", "Job", "CronJob", "ServiceAccount"} <= kinds
+            "PersistentVolumeClaim", "CronJob", "ServiceAccount"} <= kinds
 
 
 def test_strict_validation_catches_a_misspelled_field(tmp_path: Path) -> None:
@@ -118,9 +118,12 @@ def test_objects_reference_each_other(overlay: str) -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "qaembed-serve"}
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # the HPA owns the replica count: a `replicas` here would reset it on every `kubectl apply -k`
+    assert "replicas" not in deploy["spec"]
     pdb = find(docs, "PodDisruptionBudget", "qaembed-serve")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] or pdb["spec"]["minAvailable"] == 1
+    # a node drain can always evict one pod, even at the HPA's minimum
+    assert pdb["spec"].get("maxUnavailable", 0) >= 1 or pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
     sm = find(docs, "ServiceMonitor", "qaembed")
     assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -152,7 +155,7 @@ def test_pods_are_restricted(overlay: str) -> None:
     ns = find(docs, "Namespace", "qaembed")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     templates = pod_templates(docs)
-    assert set(templates) == {"Deployment/qaembed-serve", "Job/qaembed-train", "CronJob/qaembed-retrain"}
+    assert set(templates) == {"Deployment/qaembed-serve", "CronJob/qaembed-train", "CronJob/qaembed-retrain"}
     for where, template in templates.items():
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, where
@@ -241,8 +244,7 @@ def test_distributed_overlay_is_stateless_and_shares_feedback() -> None:
     token = next(v for v in spec["volumes"] if v["name"] == "milvus-token")
     assert token["secret"]["secretName"] == "qaembed-milvus"
     hpa = find(docs, "HorizontalPodAutoscaler", "qaembed-serve")
-    assert deploy["spec"]["replicas"] >= 3 and 3 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
-    assert find(docs, "PodDisruptionBudget", "qaembed-serve")["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    assert 3 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     cm_name = spec["containers"][0]["envFrom"][0]["configMapRef"]["name"]
     env = find(docs, "ConfigMap", cm_name)["data"]
     assert env["QAEMBED_INDEX"] == "milvus" and env["QAEMBED_MILVUS_URI"].startswith("http://milvus.milvus.svc")
@@ -274,8 +276,10 @@ def test_training_jobs_run_train_and_export() -> None:
         assert cm["HF_HOME"].startswith("/work") and "/work" in mounts
     cron = find(docs, "CronJob", "qaembed-retrain")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    # neither trains on an empty data volume right after `kubectl apply`
-    assert cron["spec"]["suspend"] is True and find(docs, "Job", "qaembed-train")["spec"]["suspend"] is True
+    # neither trains on an empty data volume right after `kubectl apply`; training runs are Jobs created
+    # from the suspended qaembed-train template (an applied Job would make later applies fail: immutable)
+    assert cron["spec"]["suspend"] is True and find(docs, "CronJob", "qaembed-train")["spec"]["suspend"] is True
+    assert not [d for d in docs if d["kind"] == "Job"]
 
 
 
