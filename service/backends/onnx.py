@@ -31,6 +31,10 @@ class OnnxBackend(Backend):
         use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise BackendError("device cuda requested but onnxruntime has no CUDAExecutionProvider")
+        if use_cuda and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu[cuda,cudnn] brings CUDA and cuDNN as pip packages, which the provider only
+            # finds when they are loaded first (torch would do it; the serving image has no torch).
+            ort.preload_dlls()
         providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,6 +49,11 @@ class OnnxBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"cannot load {spec.onnx_path}: {exc}") from exc
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        if device == "cuda" and self.device != "cuda":
+            # onnxruntime only logs when the CUDA provider fails to load and runs on the CPU instead:
+            # a pod holding a GPU would then compute on its few CPUs without anyone knowing.
+            raise BackendError("device cuda requested but ONNX Runtime could not start its CUDA provider "
+                               "(CUDA 12 / cuDNN 9 libraries missing or no GPU visible; its log above says which)")
         # On CPU a bigger batch brings no speed-up per text (measured: bs 32 costs more per text than
         # bs 1-8 on 2 cores); small batches keep latency low. GPUs want large batches.
         self.max_batch_size = 16 if self.device == "cpu" else None
