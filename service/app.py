@@ -134,11 +134,16 @@ def _disconnect_watcher(request: Request) -> Callable:
 
 
 def _check_json_safe(value: Any, what: str) -> None:
-    """Refuse what cannot be stored or sent back as JSON: NaN/Infinity, lone surrogates."""
+    """Refuse what cannot be stored or sent back as JSON: NaN/Infinity, lone surrogates, and what orjson (the
+    response encoder) refuses, integers beyond 64 bits and nesting over 254 levels: stored, such a document
+    would turn every later search that returns it into a 500."""
     try:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise Unprocessable(f"{what} is not valid JSON text: {type(exc).__name__}") from None
+        orjson.dumps(value)
+    except (ValueError, UnicodeEncodeError, orjson.JSONEncodeError) as exc:
+        # orjson says what it refused ("Integer exceeds 64-bit range"); the others would quote the input
+        reason = str(exc) if isinstance(exc, orjson.JSONEncodeError) else type(exc).__name__
+        raise Unprocessable(f"{what} is not valid JSON text: {reason}") from None
 
 
 def _check_texts(texts: list[str], settings: Settings, what: str = "inputs") -> None:
@@ -196,7 +201,9 @@ class ServiceMiddleware:
                 chunks, size = [], 0
                 while True:
                     message = await receive()
-                    if message["type"] == "http.disconnect":
+                    if message["type"] == "http.disconnect":  # the client left mid-upload: not our failure
+                        status[0] = 499
+                        self.metrics.request_errors.labels(route, "client_closed_request").inc()
                         return
                     chunk = message.get("body", b"")
                     size += len(chunk)

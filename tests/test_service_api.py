@@ -355,6 +355,12 @@ def test_bad_input_gives_4xx_json(client):
     assert_error(client.post("/documents", content=b'{"documents": [{"text": "a", "metadata": {"x": NaN}}]}',
                              headers=headers), 422)
     assert_error(client.post("/documents", json={"documents": [{"id": "a/b", "text": "x"}]}), 422)
+    # what the response encoder (orjson) refuses is refused on the way in, not stored to fail every later read
+    deep_metadata = json.loads("[" * 300 + "]" * 300)
+    for metadata in ({"n": 10**30}, {"deep": deep_metadata}):
+        response = client.post("/documents", json={"documents": [{"id": "poison", "text": "x", "metadata": metadata}]})
+        assert_error(response, 422)
+    assert_error(client.get("/documents/poison"), 404)
     deep = client.post("/embed", content=b"[" * 50_000, headers=headers)
     assert 400 <= deep.status_code < 500 and "error" in deep.json()
     assert_error(client.get("/nope"), 404)
@@ -394,6 +400,27 @@ class SlowBackend(Backend):
         self.calls += 1
         time.sleep(self.delay)
         return self.inner.embed(ids, mask, types)
+
+
+def test_client_leaving_mid_upload_counts_as_499_not_500(server, client):
+    """A 500 in the metrics is the service's failure; a client closing the socket mid-body is not."""
+    before = client.get("/metrics").text
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /documents HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: 1000\r\n\r\n{\"documents\": [")
+        time.sleep(0.3)  # the body is being read when the client goes
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        after = client.get("/metrics").text
+        if metric(after, "qaembed_requests_total", 'status="499"') > metric(before, "qaembed_requests_total",
+                                                                             'status="499"'):
+            break
+        time.sleep(0.1)
+    gone = 'route="/documents",status="499"'
+    assert metric(after, "qaembed_requests_total", gone) - metric(before, "qaembed_requests_total", gone) == 1
+    failed = 'route="/documents",status="500"'
+    assert metric(after, "qaembed_requests_total", failed) == metric(before, "qaembed_requests_total", failed)
 
 
 def test_full_queue_answers_429_at_once(service_bundle):
