@@ -377,6 +377,8 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     async def health() -> Response:
         if engine.state == "failed":
             return _json(error_body(503, "failed", engine.error or "start failed"), status=503)
+        if engine.store is not None and engine.store.broken:  # a restart recovers from what is on disk
+            return _json(error_body(503, "storage_failed", engine.store.broken), status=503)
         return _json({"status": "ok", "state": engine.state})
 
     @app.get("/ready", summary="Readiness: model loaded and warmed up, index loaded")

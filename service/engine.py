@@ -46,13 +46,22 @@ import numpy as np
 
 from . import feedback as feedback_records
 from .collection import Document, DocumentCollection, Hit
-from .errors import IndexUnavailable, NotFound, NotReady, Overloaded, ReadOnlyIndex, ServiceError, Unprocessable
+from .errors import (
+    IndexUnavailable,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ReadOnlyIndex,
+    ServiceError,
+    StorageUnavailable,
+    Unprocessable,
+)
 from .index import Collection, IndexConfig
 from .index_bundle import load_collection
 from .metrics import ServiceMetrics
 from .model import EmbeddingModel, load_model
 from .settings import Settings
-from .store import DurableStore
+from .store import DurableStore, WriteFailed
 
 log = logging.getLogger("service.engine")
 
@@ -401,13 +410,21 @@ class Engine:
                     if gen is not self.gen:  # a reload swapped models meanwhile: embed again
                         continue
                     if self.store is not None:
-                        await asyncio.to_thread(self.store.append_upsert, items, result.vectors, gen.version)
+                        await self._log(self.store.append_upsert, items, result.vectors, gen.version)
                     await gen.run(gen.collection.upsert, items, result.vectors)
                     if self._pending is not None:
                         self._pending.append(("upsert", items))
                     self.metrics.documents.set(await gen.run(len, gen.collection))
                     self._maybe_snapshot()
                 return [i for i, _, _ in items]
+
+    @staticmethod
+    async def _log(append: Callable, *args) -> None:
+        """Durably log a write, off the event loop; a log that cannot take it is the client's 503."""
+        try:
+            await asyncio.to_thread(append, *args)
+        except WriteFailed as exc:
+            raise StorageUnavailable(f"the write was not stored: {exc}") from None
 
     @staticmethod
     def _check_writable(gen: Generation) -> None:
@@ -422,7 +439,7 @@ class Engine:
             if await gen.run(gen.collection.get, doc_id) is None:
                 raise NotFound(f"no document with id {doc_id!r}")
             if self.store is not None:
-                await asyncio.to_thread(self.store.append_delete, [doc_id])
+                await self._log(self.store.append_delete, [doc_id])
             await gen.run(gen.collection.delete, [doc_id])
             if self._pending is not None:
                 self._pending.append(("delete", [doc_id]))
@@ -448,7 +465,7 @@ class Engine:
             if self.milvus is not None:  # where every replica and the retraining Job read it
                 await asyncio.to_thread(self.milvus.add_feedback, record)
             elif self.store is not None:
-                await asyncio.to_thread(self.store.append_feedback, record)
+                await self._log(self.store.append_feedback, record)
                 self._maybe_snapshot()
             else:
                 self._feedback.append(record)

@@ -89,6 +89,12 @@ class IndexUnavailable(ServiceError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class StorageUnavailable(ServiceError):
+    """The data directory could not store a write (disk full, I/O error); nothing of it was kept."""
+
+    status, type = 503, "storage_unavailable"
+
+
 class ClientGone(Exception):
     """The client disconnected before its result was ready; nothing is sent."""
 

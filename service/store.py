@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -68,6 +69,10 @@ FEEDBACK = "feedback.jsonl"
 
 class StoreError(RuntimeError):
     """The data directory is unusable (corrupt snapshot or log in the middle)."""
+
+
+class WriteFailed(StoreError):
+    """A write could not be made durable (disk full, I/O error): it was not acknowledged."""
 
 
 class _SnapshotMoved(Exception):
@@ -107,9 +112,14 @@ def _read_frames(data: bytes) -> tuple[list[dict], int]:
     while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)
         payload = data[offset + _HEADER.size: offset + _HEADER.size + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
+        # length 0 passes the CRC (crc32 of nothing is 0) but is never written: a zero-filled tail,
+        # as a power cut can leave behind
+        if length == 0 or len(payload) != length or zlib.crc32(payload) != crc:
             break
-        records.append(json.loads(payload))
+        try:
+            records.append(json.loads(payload))
+        except ValueError:
+            break
         offset += _HEADER.size + length
     return records, offset
 
@@ -133,6 +143,7 @@ class DurableStore:
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file = None
+        self.broken: str | None = None  # why the log refuses writes until a restart recovers it
         self.seq = 0
         self.records_since_snapshot = 0
         self._live: Path | None = None  # the live snapshot folder
@@ -240,17 +251,46 @@ class DurableStore:
         with self._lock:
             if self._file is None:
                 raise StoreError("the write-ahead log is not open")
-            self.seq += 1
-            record["seq"] = self.seq
+            if self.broken:
+                raise WriteFailed(f"the write-ahead log refuses writes until a restart: {self.broken}")
+            record["seq"] = self.seq + 1
             payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
-            self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+            start = self._file.tell()
+            try:
+                self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            except OSError as exc:
+                self._undo_partial_write(start, exc)
+                raise WriteFailed(f"write-ahead log: {exc}") from None
+            self.seq += 1
             self.records_since_snapshot += 1
             if record["op"] == "feedback":  # until a snapshot carries it
                 self._feedback_tail.append((self.seq, record["feedback"]))
             return self.seq
+
+    def _undo_partial_write(self, start: int, exc: OSError) -> None:
+        """Cut what a failed append left in the log. Records acknowledged after a partial frame would be
+        cut with it at the next start (recovery stops at the first bad frame), so if the cut fails, or
+        fsync failed (the page cache can no longer be trusted, as PostgreSQL learnt), the log refuses
+        every later write: /health fails and a restart recovers from what is on disk."""
+        path = self._file.name
+        try:  # drop the buffered writer with whatever it still holds, then cut the file itself
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(start)
+                os.fsync(f.fileno())
+            self._file = open(path, "ab")
+        except OSError as cut:
+            self.broken = f"{exc}; cutting the failed record also failed: {cut}"
+        else:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk may free up; an I/O error won't
+                self.broken = str(exc)
+        log.error("write-ahead log append failed: %s%s", exc, " (writes refused until restart)" if self.broken else "")
 
     def append_upsert(self, docs: Sequence[tuple[str, str, Mapping]], vectors: np.ndarray,
                       model_version: str) -> int:
@@ -394,9 +434,9 @@ class DurableStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
+            if self._file is not None and not self._file.closed:  # closed: a failed append could not reopen it
                 self._file.flush()
                 if self.fsync:
                     os.fsync(self._file.fileno())
                 self._file.close()
-                self._file = None
+            self._file = None

@@ -53,3 +53,21 @@ def exported_bundle(tmp_path_factory, minilm_path) -> tuple[Path, str]:
     registry = tmp_path_factory.mktemp("registry")
     export_model(str(minilm_path), registry, "minilm", threads=2, log=lambda message: None)
     return registry, "minilm"
+
+
+class FailingLog:
+    """Fault injection around the WAL's file: the next write stores half its bytes, then fails."""
+
+    def __init__(self, file, error: int) -> None:
+        self.file, self.error, self.armed = file, error, True
+
+    def write(self, data: bytes) -> int:
+        if self.armed:
+            self.armed = False
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(self.error, os.strerror(self.error))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)

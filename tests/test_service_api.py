@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from service.backends.base import Backend
 from service.metrics import ServiceMetrics
 from service.model import EmbeddingModel, load_model, spec_from_bundle
 from service.settings import Settings
+from tests.conftest import FailingLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -421,6 +423,36 @@ def test_client_leaving_mid_upload_counts_as_499_not_500(server, client):
     assert metric(after, "qaembed_requests_total", gone) - metric(before, "qaembed_requests_total", gone) == 1
     failed = 'route="/documents",status="500"'
     assert metric(after, "qaembed_requests_total", failed) == metric(before, "qaembed_requests_total", failed)
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO], ids=["disk_full", "io_error"])
+def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(service_bundle, tmp_path, error):
+    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path, warmup=False)).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            assert c.post("/documents", json={"documents": [{"id": "a", "text": "kept"}]}).status_code == 200
+            store = srv.app.state.engine.store
+            store._file = FailingLog(store._file, error)
+            err = assert_error(c.post("/documents", json={"documents": [{"id": "b", "text": "refused"}]}), 503)
+            assert err["type"] == "storage_unavailable" and os.strerror(error) in err["message"]
+            assert_error(c.get("/documents/b"), 404)  # not half-applied either
+            after = c.post("/documents", json={"documents": [{"id": "c", "text": "after"}]})
+            if error == errno.ENOSPC:  # a full disk may free up: later writes go on
+                assert after.status_code == 200 and c.get("/health").status_code == 200
+                expected = ["a", "c"]
+            else:  # an I/O error: writes refused and liveness fails, so Kubernetes restarts the pod
+                assert_error(after, 503)
+                assert assert_error(c.get("/health"), 503)["type"] == "storage_failed"
+                expected = ["a"]
+            assert [i for i in "abc" if c.get(f"/documents/{i}").status_code == 200] == expected
+    finally:
+        srv.stop()
+    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path, warmup=False)).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            assert [i for i in "abc" if c.get(f"/documents/{i}").status_code == 200] == expected
+    finally:
+        srv.stop()
 
 
 def test_full_queue_answers_429_at_once(service_bundle):

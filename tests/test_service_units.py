@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from service.metrics import ServiceMetrics
 from service.settings import Settings, SettingsError
 from service.store import DurableStore, StoreError
 from service.tokenization import Encoded
+from tests.conftest import FailingLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,7 +303,48 @@ def test_store_cuts_a_torn_tail_but_refuses_corruption_in_the_middle(tmp_path):
         DurableStore(tmp_path).recover()
 
 
-# ------------------------------------------------------------------------------------------- imports
+def test_store_cuts_a_zero_filled_tail(tmp_path):
+    """What a power cut can leave: zeros after the last frame (length 0 passes a CRC check)."""
+    store = DurableStore(tmp_path)
+    store.recover()
+    store.open_log()
+    store.append_upsert([("a", "A", {})], np.ones((1, 2), np.float32), "v1")
+    store.close()
+    (segment,) = (tmp_path / "wal").glob("*.log")
+    with open(segment, "ab") as f:
+        f.write(b"\x00" * 64)
+    state = DurableStore(tmp_path).recover()
+    assert list(state.docs) == ["a"] and state.truncated_bytes == 64
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO], ids=["disk_full", "io_error"])
+def test_a_failed_append_loses_no_later_acknowledged_write(tmp_path, error):
+    """A half-written frame left in the log would cut every later (acknowledged) record at the next
+    start. Disk full: the frame is cut and later writes go on; an I/O error: writes are refused
+    (and /health fails) until a restart recovers from the disk."""
+    store = DurableStore(tmp_path)
+    store.recover()
+    store.open_log()
+    vector = np.ones((1, 2), np.float32)
+    assert store.append_upsert([("a", "A", {})], vector, "v1") == 1
+    store._file = FailingLog(store._file, error)
+    with pytest.raises(StoreError, match=os.strerror(error)):
+        store.append_upsert([("b", "B", {})], vector, "v1")
+    if error == errno.ENOSPC:
+        assert store.broken is None
+        assert store.append_upsert([("c", "C", {})], vector, "v1") == 2
+        acknowledged = ["a", "c"]
+    else:
+        assert store.broken
+        with pytest.raises(StoreError, match="refuses writes until a restart"):
+            store.append_upsert([("c", "C", {})], vector, "v1")
+        acknowledged = ["a"]
+    store.close()
+    state = DurableStore(tmp_path).recover()
+    assert list(state.docs) == acknowledged and state.truncated_bytes == 0
+
+
+# ------------------------------------------------------------------------------------------- backends
 def test_cuda_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(exported_bundle, monkeypatch):
     """onnxruntime answers a CUDA provider it cannot start with a log line and a CPU session; asked for
     cuda, the backend must refuse instead (a pod holding a GPU would compute on its CPUs)."""
@@ -323,6 +366,7 @@ def test_cuda_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(exported_b
     assert OnnxBackend(spec, device="auto", threads=1).device == "cpu"
 
 
+# ------------------------------------------------------------------------------------------- imports
 def test_serving_imports_no_torch():
     code = ("import sys, service.app, service.__main__, service.engine, service.model\n"
             "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
