@@ -20,6 +20,7 @@ import sys
 import uvicorn
 
 from .app import create_app
+from .auth import is_loopback
 from .settings import Settings, SettingsError
 
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("service").info("settings: %s", settings)  # keys are hidden by repr=False
+    if not settings.api_key and not is_loopback(settings.host):
+        logging.getLogger("service").warning(
+            "listening on %s without QAEMBED_API_KEY: every data route is open to whoever reaches the port",
+            settings.host)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=30, access_log=False, lifespan="on")

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Match
 
 from . import feedback as feedback_records
-from .auth import KeyChecker
+from .auth import KeyChecker, is_loopback
 from .engine import DocIn, Engine, ModelLoader
 from .errors import ClientGone, IndexUnavailable, TooLarge, Unprocessable, error_body, install_error_handlers
 from .metrics import ServiceMetrics
@@ -285,7 +285,8 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
         # Nobody reads this: the client closed the connection (499 as nginx logs it).
         on_error(request, 499, "client_closed_request")
         return Response(status_code=499)
-    app.add_middleware(ServiceMiddleware, checker=KeyChecker(settings.api_key, settings.admin_api_key),
+    checker = KeyChecker(settings.api_key, settings.admin_api_key, loopback_only=is_loopback(settings.host))
+    app.add_middleware(ServiceMiddleware, checker=checker,
                        metrics=metrics, max_body=settings.max_body_bytes, route_of=route_of)
 
     # ------------------------------------------------------------------ embeddings

@@ -1,6 +1,8 @@
 """Bearer-key authentication: data keys for data routes, a separate admin key for ``/admin``.
 
-* No keys configured: everything is open (local development).
+* No keys configured: data routes are open (local development); admin routes are open only when the
+  server listens on loopback alone (``--host 127.0.0.1``, the default), else refused (403): a container
+  listening on 0.0.0.0 whose key Secret went missing must not hand out reloads and users' queries.
 * ``api_key`` set: every data route needs ``Authorization: Bearer <key>`` (an admin key works too).
 * ``admin_api_key`` set: ``/admin/*`` and ``GET /feedback/export`` (users' queries) need it; if
   only ``api_key`` is set, admin routes are refused (403) rather than silently guarded by the weaker data key.
@@ -23,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Sequence
 
 from .errors import Forbidden, ServiceError, Unauthorized
@@ -43,9 +46,10 @@ def _matches(presented: bytes, keys: Sequence[bytes]) -> bool:
 class KeyChecker:
     """Decides whether a request with a given ``Authorization`` header may use a path."""
 
-    def __init__(self, api_keys: Sequence[str], admin_keys: Sequence[str]) -> None:
+    def __init__(self, api_keys: Sequence[str], admin_keys: Sequence[str], loopback_only: bool = False) -> None:
         self._api = [k.encode() for k in api_keys]
         self._admin = [k.encode() for k in admin_keys]
+        self._loopback_only = loopback_only  # the server listens on loopback alone
 
     @property
     def enabled(self) -> bool:
@@ -53,26 +57,39 @@ class KeyChecker:
 
     def check(self, path: str, authorization: str | None) -> ServiceError | None:
         """``None`` when allowed, else the error to answer with (401 or 403)."""
-        if path in OPEN_PATHS or not self.enabled:
+        if path in OPEN_PATHS:
             return None
         token = _bearer(authorization)
         admin_route = path == "/admin" or path.startswith("/admin/") or path in ADMIN_PATHS
         if admin_route:
             if not self._admin:
-                return Forbidden("admin routes are disabled: set QAEMBED_ADMIN_API_KEY")
+                if not self.enabled and self._loopback_only:
+                    return None
+                return Forbidden("admin routes are disabled: set QAEMBED_ADMIN_API_KEY"
+                                 + ("" if self.enabled else " (without keys they are open on a loopback --host only)"))
             if token is None:
                 return Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>'",
                                     headers=_CHALLENGE)
             if not _matches(token, self._admin):
                 return Unauthorized("invalid admin key", headers=_CHALLENGE)
             return None
-        if not self._api:  # only an admin key configured: data routes stay open
+        if not self._api:  # no data key: data routes stay open
             return None
         if token is None:
             return Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers=_CHALLENGE)
         if not _matches(token, self._api + self._admin):
             return Unauthorized("invalid API key", headers=_CHALLENGE)
         return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _bearer(authorization: str | None) -> bytes | None:

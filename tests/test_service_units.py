@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.auth import KeyChecker
+from service.auth import KeyChecker, is_loopback
 from service.backends.base import Backend
 from service.batching import BatchQueue
 from service.errors import Overloaded, TooLarge
@@ -57,8 +57,14 @@ def test_settings_require_model():
 
 # ------------------------------------------------------------------------------------------- auth
 def test_auth_rules():
-    open_checker = KeyChecker((), ())
-    assert open_checker.check("/embed", None) is None and open_checker.check("/admin/reload", None) is None
+    # no keys: data routes open; admin routes only when the server listens on loopback alone
+    local = KeyChecker((), (), loopback_only=True)
+    assert local.check("/embed", None) is None and local.check("/admin/reload", None) is None
+    exposed = KeyChecker((), (), loopback_only=False)
+    assert exposed.check("/embed", None) is None
+    assert exposed.check("/admin/reload", None).status == 403 and exposed.check("/feedback/export", None).status == 403
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "10.0.0.7", "qaembed")] == \
+        [True, True, True, False, False, False, False]
     c = KeyChecker(("data",), ("admin",))
     assert c.check("/health", None) is None and c.check("/metrics", None) is None
     assert c.check("/embed", None).status == 401
