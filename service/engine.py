@@ -16,10 +16,11 @@ data dir; a model change re-embeds into the new version's collection and switche
 :mod:`service.milvus`), or a read-only index bundle (:mod:`service.index_bundle`: writes are
 refused, a reload loads the new bundle's collection instead of re-embedding).
 
-With ``--reload_interval`` the engine polls ``<registry>/<name>/LATEST`` and reloads when it names
-another version than the one serving (a promotion or a rollback); a version that fails to load is
-logged, counted in ``qaembed_reloads_total{result="failed"}`` and not retried until LATEST moves
-again (``POST /admin/reload`` retries it at once).
+With ``--reload_interval`` the engine polls ``<registry>/<name>/LATEST`` and reloads when LATEST moves
+to another version than the one serving (a promotion or a rollback). It acts once per move: a version
+that fails to load is logged, counted in ``qaembed_reloads_total{result="failed"}`` and not retried until
+LATEST moves again (``POST /admin/reload`` retries it at once), and a version loaded by hand
+(``POST /admin/reload {"version": ...}``) keeps serving until LATEST moves.
 
 Example::
 
@@ -584,11 +585,13 @@ class Engine:
                                        model.spec.version, docs, vectors)
 
     async def _watch_latest(self, interval: float) -> None:
-        """Reload whenever LATEST names a version other than the one serving (promotion or rollback)."""
+        """Reload when LATEST moves to a version other than the one serving (promotion or rollback)."""
         from export.bundle import BundleError, latest_version  # torch-free
 
         s, status = self.settings, self.watch_status
-        failed: str | None = None  # not retried until LATEST moves on (a broken bundle stays broken)
+        # the LATEST acted on: a failed version is not retried, a hand-picked one not undone, until it moves.
+        # Started ready, on the version LATEST named at start.
+        acted_on: str | None = self.gen.version
         while True:
             await asyncio.sleep(interval)
             try:
@@ -599,17 +602,18 @@ class Engine:
                 status.update(error=str(exc), checked_at=time.time())
                 continue
             status.update(latest=latest, checked_at=time.time(), error=None)
-            if self.reload_status.get("state") == "failed" and self.reload_status.get("to") == latest:
-                failed = latest
             busy = self._reload_task is not None and not self._reload_task.done()
-            if latest == self.gen.version or latest == failed or busy or not self.ready:
+            if latest == acted_on or busy or not self.ready:
+                continue
+            acted_on = latest
+            if latest == self.gen.version:
                 continue
             log.info("LATEST is %s (serving %s): reloading", latest, self.gen.version)
-            failed = None
             try:
                 self.start_reload(latest)
             except ServiceError as exc:  # raced with a manual reload or shutdown: next tick decides
                 log.info("not reloading now: %s", exc.message)
+                acted_on = None
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:

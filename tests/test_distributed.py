@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from export.bundle import set_latest
 from tests.test_service_api import ServerThread, _add_version, assert_error, settings_for
 from tests.test_service_durability import ServiceProcess, free_port
 
@@ -253,5 +254,21 @@ def test_read_only_index_bundle_is_published_served_and_hot_swapped(registry, ex
         assert c.get("/info").json()["index"]["documents"] == len({p["answer"] for p in more})
         top = c.post("/search", json={"query": "Mars'ın uyduları", "top_k": 1}).json()["results"][0]
         assert top["text"].startswith("Mars'ın iki uydusu")
+
+        # a version picked by hand stays until LATEST moves: the watcher does not undo it
+        assert c.post("/admin/reload", json={"version": "v0001"}).status_code == 202
+        assert wait_reload(c)["state"] == "done"
+        time.sleep(5 * 0.3)  # five polls of an unchanged LATEST (v0002)
+        assert c.get("/info").json()["model"]["version"] == "v0001"
+        set_latest(reg, "faq-index", "v0001")  # LATEST moves to what is serving: nothing to do
+        deadline = time.time() + 30
+        while c.get("/info").json()["latest_watch"].get("latest") != "v0001":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        set_latest(reg, "faq-index", "v0002")  # and on again: the watcher follows
+        deadline = time.time() + 120
+        while c.get("/info").json()["model"]["version"] != "v0002":
+            assert time.time() < deadline
+            time.sleep(0.2)
     finally:
         srv.stop()
