@@ -626,7 +626,9 @@ class Engine:
             "index": gen.collection.info() if gen else None,
             "limits": {"max_inputs": s.max_inputs, "max_input_chars": s.max_input_chars,
                        "max_body_bytes": s.max_body_bytes, "max_top_k": s.max_top_k,
-                       "max_batch_tokens": s.max_batch_tokens, "max_batch_size": s.max_batch_size,
+                       "max_batch_tokens": s.max_batch_tokens,
+                       # what the backend allows of --max_batch_size (the ONNX backend caps CPU batches at 16)
+                       "max_batch_size": gen.model.queue.max_batch_size if gen else s.max_batch_size,
                        "max_wait_ms": s.max_wait_ms, "max_queue_size": s.max_queue_size,
                        "inference_workers": gen.model.queue.workers if gen else None,
                        "max_seq_length": gen.model.spec.max_seq_length if gen else None},

@@ -107,9 +107,13 @@ class VectorIndex:
         metric = faiss.METRIC_INNER_PRODUCT
         if prebuilt is not None:
             index = prebuilt
+            # the search settings of this run, not those saved with the index
             if kind.startswith("ivf"):
                 ivf = faiss.extract_index_ivf(index)
                 ivf.nprobe, self.nlist = config.nprobe, int(ivf.nlist)
+            elif kind.startswith("hnsw"):
+                inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
+                inner.hnsw.efSearch = config.ef_search
         elif kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif kind in ("ivf", "ivf-sq8", "ivf-pq"):

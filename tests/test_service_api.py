@@ -127,6 +127,8 @@ def test_health_ready_info(client, service_bundle):
     assert info["model"]["device"] == "cpu" and info["model"]["dimension"] == 384
     assert info["index"]["type"] == "flat" and info["index"]["documents"] == ready["documents"]
     assert info["limits"]["max_inputs"] == 32 and info["settings"]["api_key"] is False
+    # the batch size in effect: --max_batch_size (128 here) as far as the CPU ONNX backend allows (16)
+    assert info["limits"]["max_batch_size"] == 16
     assert client.get("/openapi.json").status_code == 200
 
 

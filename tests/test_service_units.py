@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -251,6 +252,22 @@ def test_index_types_find_neighbours_filter_and_delete(kind):
     assert c.search(vectors[:1], k=1)[0][0].doc.text == "replaced"
     c.rebuild()
     assert c.rows == len(c) == 599 and c.search(vectors[:1], k=1)[0][0].doc.id == "d1"
+
+
+@pytest.mark.parametrize("kind", ["ivf-sq8", "hnsw", "hnsw-sq8"])
+def test_a_saved_index_searches_with_this_runs_settings(kind, tmp_path):
+    """An index bundle is built once; QAEMBED_NPROBE / QAEMBED_EF_SEARCH of the serving pod must apply to it."""
+    vectors = _unit(np.random.default_rng(1), 600)
+    docs = [Document(f"d{i}", f"text {i}", {}) for i in range(600)]
+    facts = Collection.from_arrays(32, IndexConfig(kind=kind, nprobe=4, ef_search=16), "v1", docs,
+                                   vectors).save(tmp_path)
+    loaded = Collection.load(tmp_path, facts, IndexConfig(kind=kind, nprobe=48, ef_search=512), "v1")
+    index = loaded.index.index
+    if kind.startswith("ivf"):
+        assert faiss.extract_index_ivf(index).nprobe == 48
+    else:
+        assert faiss.downcast_index(index.index).hnsw.efSearch == 512
+    assert loaded.search(vectors[:1], k=1)[0][0].doc.id == "d0"
 
 
 def test_auto_index_choice():
