@@ -58,7 +58,8 @@ class EmbedRequest(_Model):
     # accepted for TEI clients; the exported graph pools and L2-normalises, so vectors are always unit length
     normalize: bool = Field(True, description="accepted for compatibility: embeddings are always unit length")
     truncate: bool = True
-    truncation_direction: Literal["right", "Right"] = "right"
+    truncation_direction: Literal["right", "Right", "left", "Left"] = Field(
+        "right", description="which end of a text over max_seq_length tokens is cut (left keeps its end)")
     prompt_name: str | None = None
 
 
@@ -99,7 +100,8 @@ class FeedbackRequest(_Model):
 
 
 class ReloadRequest(_Model):
-    version: str | None = None
+    # checked here, so a typo is a 422 now rather than a failed background reload later
+    version: str | None = Field(None, pattern=r"^v\d{4,}$", description="a bundle version such as v0003")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -298,8 +300,9 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
         if req.prompt_name not in (None, "query", "document", "passage"):
             raise Unprocessable(f"unknown prompt_name {req.prompt_name!r}: use 'query' or 'document'")
         async with engine.use() as gen:
-            result, tok_s = await gen.model.embed(texts, is_query=req.prompt_name == "query",
-                                                  truncate=req.truncate, disconnected=_disconnect_watcher(request))
+            result, tok_s = await gen.model.embed(texts, is_query=req.prompt_name == "query", truncate=req.truncate,
+                                                  truncation_direction=req.truncation_direction.lower(),
+                                                  disconnected=_disconnect_watcher(request))
         return _json(result.vectors, headers=_timing_headers(
             {"tokenize_s": tok_s, "queue_s": result.queue_s, "inference_s": result.inference_s,
              "tokens": result.tokens}))

@@ -63,15 +63,19 @@ class EmbeddingModel:
                 "max_seq_length": self.spec.max_seq_length, "query_prompt": self.spec.query_prompt}
 
     async def embed(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
+                    truncation_direction: str = "right",
                     disconnected: Callable[[], Awaitable[object]] | None = None) -> tuple[EmbedResult, float]:
         """Embed texts through the shared queue; returns (result, tokenization seconds)."""
         t0 = time.perf_counter()
+
+        def tokenize() -> list:
+            return self.tokenizer.encode(texts, is_query=is_query, truncate=truncate,
+                                         truncation_direction=truncation_direction)
+
         if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            encodings = self.tokenizer.encode(texts, is_query=is_query, truncate=truncate)
+            encodings = tokenize()
         else:
-            loop = asyncio.get_running_loop()
-            encodings = await loop.run_in_executor(
-                _TOKENIZE_POOL, lambda: self.tokenizer.encode(texts, is_query=is_query, truncate=truncate))
+            encodings = await asyncio.get_running_loop().run_in_executor(_TOKENIZE_POOL, tokenize)
         tokenize_s = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.tokenize_duration.observe(tokenize_s)

@@ -40,16 +40,21 @@ class TextTokenizer:
     def __init__(self, tokenizer_path: str | Path, max_seq_length: int, query_prompt: str = "") -> None:
         self.max_seq_length = int(max_seq_length)
         self.query_prompt = query_prompt or ""
-        tok = Tokenizer.from_file(str(tokenizer_path))
-        tok.no_padding()
-        tok.enable_truncation(self.max_seq_length)
-        self._tok = tok
+        # one tokenizer per truncation side: a tokenizer's truncation is its state, shared by threads
+        self._tok = {}
+        for side in ("right", "left"):
+            tok = Tokenizer.from_file(str(tokenizer_path))
+            tok.no_padding()
+            tok.enable_truncation(self.max_seq_length, direction=side)
+            self._tok[side] = tok
 
-    def encode(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True) -> list[Encoded]:
-        """Encode texts; with ``truncate=False`` a text over ``max_seq_length`` tokens raises 413."""
+    def encode(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
+               truncation_direction: str = "right") -> list[Encoded]:
+        """Encode texts; with ``truncate=False`` a text over ``max_seq_length`` tokens raises 413;
+        ``truncation_direction="left"`` keeps the end of a long text instead of its start (TEI's option)."""
         if is_query and self.query_prompt:
             texts = [self.query_prompt + t for t in texts]
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        encodings = self._tok[truncation_direction].encode_batch(list(texts), add_special_tokens=True)
         out = []
         for i, enc in enumerate(encodings):
             if not truncate and enc.overflowing:

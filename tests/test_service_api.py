@@ -174,6 +174,15 @@ def test_embed_tei_shape_and_values(client, reference_encoder):
     # dynamic int8 quantises activations per tensor: batch neighbours shift a vector very slightly
     assert float(many[0] @ np.array(one.json()[0])) > 0.99
 
+    # TEI's truncation_direction: two long texts that differ only at the start are the same text
+    # once their start is cut (Left), and differ when their end is cut (right, the default)
+    tail = " ".join(["gamma"] * 300) + " son"  # over max_seq_length (256), under max_input_chars
+    pair = [f"alpha {tail}", f"beta beta {tail}"]
+    right = np.array(client.post("/embed", json={"inputs": pair}).json())
+    left = np.array(client.post("/embed", json={"inputs": pair, "truncation_direction": "Left"}).json())
+    assert float(left[0] @ left[1]) > 0.9999 > float(right[0] @ right[1])
+    assert client.post("/embed", json={"inputs": "x", "truncation_direction": "middle"}).status_code == 422
+
 
 def test_fp32_pipeline_matches_sentence_transformers(service_bundle, reference_encoder):
     """Tokenize → pad → ONNX fp32 → normalise through the service's own path equals ST.encode."""
@@ -606,6 +615,7 @@ def test_reload_reembeds_and_keeps_serving(service_bundle, tmp_path):
             top = c.post("/search", json={"query": doc["text"], "top_k": 1}).json()["results"][0]
             assert top["id"] == doc["id"]
         assert f'version="{second}"' in c.get("/metrics").text
+        assert_error(c.post("/admin/reload", json={"version": "../../etc"}), 422)  # not a version: refused now
         assert c.post("/admin/reload", json={"version": "v9999"}).status_code == 202
         while c.get("/admin/reload").json()["state"] not in ("done", "failed", "unchanged"):
             time.sleep(0.05)
