@@ -21,8 +21,10 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-OVERLAYS = ("cpu", "gpu", "distributed")
-IMAGE_TAGS = {"cpu": ("cpu", "cpu"), "gpu": ("gpu", "gpu"), "distributed": ("milvus", "cpu")}  # serve, train
+OVERLAYS = ("cpu", "gpu", "distributed", "single")
+IMAGE_TAGS = {"cpu": ("cpu", "cpu"), "gpu": ("gpu", "gpu"), "distributed": ("milvus", "cpu"),  # serve, train
+              "single": ("cpu", "cpu")}
+SCALED = ("cpu", "gpu", "distributed")  # the overlays whose replica count an HPA owns
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -72,8 +74,9 @@ def test_overlay_validates_strictly(overlay: str, version: str, tmp_path: Path) 
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ERROR" not in out.stdout + out.stderr
     kinds = {d["kind"] for d in builtin}
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+    assert {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
             "PersistentVolumeClaim", "CronJob", "ServiceAccount"} <= kinds
+    assert ("HorizontalPodAutoscaler" in kinds) == (overlay in SCALED)
 
 
 def test_strict_validation_catches_a_misspelled_field(tmp_path: Path) -> None:
@@ -114,16 +117,21 @@ def test_objects_reference_each_other(overlay: str) -> None:
     port_names = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
 
-    hpa = find(docs, "HorizontalPodAutoscaler", "qaembed-serve")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "qaembed-serve"}
-    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    # the HPA owns the replica count: a `replicas` here would reset it on every `kubectl apply -k`
-    assert "replicas" not in deploy["spec"]
     pdb = find(docs, "PodDisruptionBudget", "qaembed-serve")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    # a node drain can always evict one pod, even at the HPA's minimum
-    assert pdb["spec"].get("maxUnavailable", 0) >= 1 or pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    if overlay in SCALED:
+        hpa = find(docs, "HorizontalPodAutoscaler", "qaembed-serve")
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": "qaembed-serve"}
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        # the HPA owns the replica count: a `replicas` here would reset it on every `kubectl apply -k`
+        assert "replicas" not in deploy["spec"]
+        minimum = hpa["spec"]["minReplicas"]
+    else:
+        minimum = deploy["spec"]["replicas"]
+    # a node drain can always evict one pod, even at the minimum
+    assert pdb["spec"].get("maxUnavailable", 0) >= 1 or pdb["spec"]["minAvailable"] < minimum
 
     sm = find(docs, "ServiceMonitor", "qaembed")
     assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -187,7 +195,8 @@ def test_serving_probes_and_shutdown(overlay: str) -> None:
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load needs time"
-    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    if overlay in SCALED:  # replicas keep serving while a rollout replaces them
+        assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["terminationGracePeriodSeconds"] > 30, "must exceed the service's 30 s drain"
     registry = next(m for m in c["volumeMounts"] if m["mountPath"] == "/registry")
     assert registry["readOnly"] is True
@@ -260,6 +269,22 @@ def test_distributed_overlay_is_stateless_and_shares_feedback() -> None:
     values = yaml.safe_load((K8S / "milvus-values.yaml").read_text())
     assert values["cluster"]["enabled"] is True and values["queryNode"]["replicas"] >= 2
     assert "authorizationEnabled: true" in values["extraConfigFiles"]["user.yaml"]
+
+
+def test_single_overlay_keeps_state_on_a_volume() -> None:
+    """The one writable replica: data dir on a ReadWriteOnce PVC, never two pods on it at once."""
+    _, docs = rendered("single")
+    deploy = find(docs, "Deployment", "qaembed-serve")
+    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+    spec = deploy["spec"]["template"]["spec"]
+    data = next(v for v in spec["volumes"] if v["name"] == "data")
+    assert set(data) == {"name", "persistentVolumeClaim"}
+    claim = find(docs, "PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "data")
+    cm = find(docs, "ConfigMap", spec["containers"][0]["envFrom"][0]["configMapRef"]["name"])["data"]
+    assert mount["mountPath"] == cm["QAEMBED_DATA_DIR"] and not mount.get("readOnly")
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]  # the volume is writable
 
 
 def test_training_jobs_run_train_and_export() -> None:
