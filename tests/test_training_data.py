@@ -31,6 +31,17 @@ def test_jsonl_with_bom_crlf_and_blank_lines(tmp_path):
     assert records[1].positive == TURKISH  # Turkish letters survive exactly
 
 
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    # json.dumps(ensure_ascii=False), as the service's feedback export writes, leaves these unescaped.
+    texts = ["Kartımın limiti\u2028ne kadar?", "Birinci\u2029ikinci", "NEL\u0085satır"]
+    lines = [json.dumps({"question": t, "answer": f"C{i}"}, ensure_ascii=False) for i, t in enumerate(texts)]
+    path = write(tmp_path, "d.jsonl", "\n".join([*lines, '{"question": "S"}']) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl:4: missing field 'answer'"):  # later line numbers stay right
+        load_qa_file(path)
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    assert [r.question for r in load_qa_file(path)] == texts
+
+
 def test_csv_quoted_commas_newlines_and_bom(tmp_path):
     content = '\ufeffquestion,answer\r\n"Soru, virgüllü?","Cevap satır\r\nikinci ""tırnak"""\r\n'
     (record,) = load_qa_file(write(tmp_path, "d.csv", content))

@@ -154,7 +154,10 @@ def _read_json(text: str, path: Path) -> Iterator[QARecord]:
 
 
 def _read_jsonl(text: str, path: Path) -> Iterator[QARecord]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: str.splitlines() also breaks on U+2028, U+0085 and other separators,
+    # which json.dumps(ensure_ascii=False) leaves unescaped inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"{path}:{number}"
