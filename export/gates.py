@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,17 +59,26 @@ def parity_texts(records: Sequence[QARecord] = (), limit: int = 64) -> list[str]
     return list(dict.fromkeys([*SAMPLE_TEXTS, *from_data]))[:limit]
 
 
-def parity(reference: np.ndarray, encoders: dict[str, Encode], texts: Sequence[str]) -> dict[str, float]:
-    """Mean cosine of each variant's embeddings to the PyTorch ``reference`` of the same ``texts``."""
-    return {variant: mean_cosine(reference, encode(texts)) for variant, encode in encoders.items()}
+def parity(reference: np.ndarray, encoders: dict[str, Encode], texts: Sequence[str]) -> dict[str, float | None]:
+    """Mean cosine of each variant's embeddings to the PyTorch ``reference`` of the same ``texts``;
+    ``None`` for a variant whose embeddings hold NaN or inf (no cosine is meaningful, and NaN is not JSON)."""
+    results: dict[str, float | None] = {}
+    for variant, encode in encoders.items():
+        embeddings = np.asarray(encode(texts))
+        results[variant] = mean_cosine(reference, embeddings) if np.isfinite(embeddings).all() else None
+    return results
 
 
-def parity_failures(results: dict[str, float]) -> list[str]:
-    return [
-        f"{variant}: mean cosine to PyTorch {value:.6f} < {PARITY_MIN[variant]}"
-        for variant, value in results.items()
-        if value < PARITY_MIN[variant]
-    ]
+def parity_failures(results: dict[str, float | None]) -> list[str]:
+    """Fails closed: a missing or NaN value fails like a low one (``nan < minimum`` is False)."""
+    failures = []
+    for variant, value in results.items():
+        minimum = PARITY_MIN[variant]
+        if value is None:
+            failures.append(f"{variant}: non-finite embeddings (NaN or inf), parity with PyTorch not measurable")
+        elif not (math.isfinite(value) and value >= minimum):
+            failures.append(f"{variant}: mean cosine to PyTorch {value:.6f} < {minimum}")
+    return failures
 
 
 def quality(records: Sequence[QARecord], encoders: dict[str, Encode], query_prompt: str = "") -> dict[str, dict]:

@@ -96,6 +96,20 @@ def test_int8_quality_within_one_point_of_fp32(exported_bundle, example_data):
         "int8: mrr@10 0.6000 is 10.00 points below fp32 0.7000 (allowed 6.2 on 16 questions)"]
 
 
+def test_parity_gate_fails_closed_on_non_finite_embeddings():
+    reference = np.eye(3, 4, dtype=np.float32)
+    nan, inf = reference.copy(), reference.copy()
+    nan[1, 0], inf[2, 2] = np.nan, np.inf
+    encoders = {"onnx": lambda texts: reference, "int8": lambda texts: nan, "fp16": lambda texts: inf}
+    results = gates.parity(reference, encoders, ["a", "b", "c"])
+    assert results == {"onnx": 1.0, "int8": None, "fp16": None}
+    assert gates.parity_failures(results) == [
+        "int8: non-finite embeddings (NaN or inf), parity with PyTorch not measurable",
+        "fp16: non-finite embeddings (NaN or inf), parity with PyTorch not measurable"]
+    # NaN compares False with everything: it must fail, not slip through `value < minimum`.
+    assert gates.parity_failures({"onnx": float("nan"), "int8": float("inf")}) == [
+        "onnx: mean cosine to PyTorch nan < 0.999", "int8: mean cosine to PyTorch inf < 0.99"]
+
 
 def test_models_over_2gb_quantise_the_plain_graph_and_skip_fusion(tmp_path, minilm_path, monkeypatch, texts):
     # The real export with the 2 GB threshold at 0 bytes: what a bge-m3-sized model goes through (the fusion
