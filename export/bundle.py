@@ -5,12 +5,14 @@ Layout::
     <registry>/<name>/v0001/manifest.json   name, version, model facts, variants, gates, sha256 of every file
     <registry>/<name>/v0001/model.onnx ...   ONNX variants and tokenizer files
     <registry>/<name>/LATEST                 one line: the current version
+    <registry>/<name>/HISTORY                append-only, a line per move of LATEST: promote|rollback FROM TO TIME
 
 Publishing is atomic: files are written into a staging folder inside ``<registry>/<name>/`` (same
 filesystem), fsynced, renamed into place, and only then is ``LATEST`` replaced (temp file +
 ``os.replace``). A crash at any point leaves the old or the new version visible, never a half one;
-an abandoned staging folder (``.staging-*``, e.g. after a killed export) is never listed or opened,
-and the next export removes it once it is a day old (no live export leaves its folder untouched that long).
+rollback returns to the newest older version that was promoted (per ``HISTORY``), never to a candidate
+published unpromoted. An abandoned staging folder (``.staging-*``, e.g. after a killed export) is never listed or
+opened, and the next export removes it once it is a day old (no live export leaves its folder untouched that long).
 
 This module needs only the standard library: the torch-free serving image imports it.
 
@@ -49,11 +51,15 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+HISTORY = "HISTORY"
+REPORTS = "reports"  # <name>/reports/<version>.json: the retrain gate's decisions (export.retrain)
 VARIANTS = ("onnx", "onnx-optimized", "int8", "fp16")
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^v(\d{4,})$")
 _STAGING_PREFIX = ".staging-"
+_NONE = "-"  # in HISTORY: no LATEST before this move
+_JSON_TYPES = {dict: "an object", str: "a string", int: "an integer"}
 STALE_STAGING_S = 24 * 3600
 
 
@@ -227,7 +233,7 @@ def publish(staging: str | Path, facts: dict, promote: bool = True) -> Path:
         os.rename(staging, final)
         fsync_dir(staging.parent)
         if promote:
-            _point_latest(staging.parent, version)
+            _point_latest(staging.parent, version, "promote")
     return final
 
 
@@ -236,16 +242,43 @@ def set_latest(registry: str | Path, name: str, version: str) -> Bundle:
     bundle = open_bundle(registry, name, version)
     folder = Path(registry) / name
     with _locked(folder):
-        _point_latest(folder, version)
+        _point_latest(folder, version, "promote")
+    return bundle
+
+
+def rollback(registry: str | Path, name: str) -> Bundle:
+    """Point ``LATEST`` back at :func:`previous_version` after verifying it; returns that bundle."""
+    latest_version(registry, name)  # nothing published: a clear BundleError before any lock file is made
+    folder = Path(registry) / name
+    with _locked(folder):  # the target is chosen and LATEST moved with no promotion in between
+        bundle = open_bundle(registry, name, previous_version(registry, name))
+        _point_latest(folder, bundle.version, "rollback")
     return bundle
 
 
 def previous_version(registry: str | Path, name: str) -> str:
-    """The newest published version older than ``LATEST`` (the rollback target)."""
-    current = _version_number(latest_version(registry, name))
-    older = [v for v in list_versions(registry, name) if _version_number(v) < current]
+    """The rollback target: the newest version older than ``LATEST`` that was promoted and not rolled back from.
+
+    Promotions and rollbacks come from ``HISTORY``, so a candidate published unpromoted (one the retrain gate
+    rejected) is never a target, and repeated rollbacks walk back through earlier promotions. Versions from
+    before the history began (registries of older releases) count as promoted unless the retrain gate's
+    report rejected them.
+    """
+    folder = Path(registry) / validate_name(name)
+    current = latest_version(registry, name)
+    versions = list_versions(registry, name)
+    events = _history(folder)
+    started_from = events[0][1] if events else current
+    last_legacy = 0 if started_from == _NONE else _version_number(started_from)  # versions up to it predate HISTORY
+    promoted = {v for v in versions if _version_number(v) <= last_legacy and not _rejected(folder, v)}
+    for event, before, after in events:
+        if event == "promote":
+            promoted.add(after)
+        else:
+            promoted.discard(before)  # rolled back from: a bad version, until promoted again
+    older = [v for v in versions if v in promoted and _version_number(v) < _version_number(current)]
     if not older:
-        raise BundleError(f"{name!r}: no version older than {latest_version(registry, name)} to roll back to")
+        raise BundleError(f"{name!r}: no promoted version older than {current} to roll back to")
     return older[-1]
 
 
@@ -290,9 +323,25 @@ def _read_manifest(path: Path) -> dict:
     missing = [key for key in required if key not in manifest] if isinstance(manifest, dict) else required
     if missing:
         raise BundleError(f"{file}: missing fields {', '.join(missing)}")
+    # A manifest is data: a wrong type must be a BundleError here, not an AttributeError in a caller.
+    types = {"files": dict, "variants": dict, "tokenizer": str, "dimension": int, "max_seq_length": int}
+    for key, kind in types.items():
+        if not isinstance(manifest[key], kind):
+            found = type(manifest[key]).__name__
+            raise BundleError(f"{file}: field {key!r} must be {_JSON_TYPES[kind]}, found {found}")
+    for relative, entry in manifest["files"].items():
+        if not _has(entry, sha256=str, bytes=int):
+            raise BundleError(f"{file}: files[{relative!r}] must be an object with a 'sha256' string and 'bytes'")
+    for variant, entry in manifest["variants"].items():
+        if not _has(entry, file=str):
+            raise BundleError(f"{file}: variants[{variant!r}] must be an object with a 'file' string")
     validate_name(manifest["name"])
     validate_version(manifest["version"])
     return manifest
+
+
+def _has(entry: object, **types: type) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in types.items())
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -307,11 +356,46 @@ def _version_number(version: str) -> int:
     return int(_VERSION.match(version).group(1))
 
 
-def _point_latest(folder: Path, version: str) -> None:
+def _history(folder: Path) -> list[tuple[str, str, str]]:
+    """``(event, before, after)`` per move of ``LATEST``, oldest first; ``before`` is :data:`_NONE` for the first."""
+    try:
+        lines = (folder / HISTORY).read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 4 or fields[0] not in ("promote", "rollback"):
+            continue  # a line torn by a crash mid-append
+        event, before, after, _ = fields
+        if (before == _NONE or _VERSION.match(before)) and _VERSION.match(after):
+            events.append((event, before, after))
+    return events
+
+
+def _rejected(folder: Path, version: str) -> bool:
+    try:
+        report = json.loads((folder / REPORTS / f"{version}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("promoted") is False
+
+
+def _point_latest(folder: Path, version: str, event: str) -> None:
+    try:
+        before = latest_version(folder.parent, folder.name)
+    except BundleError:
+        before = _NONE
     temporary = folder / f".{LATEST}.tmp-{os.getpid()}"
     _write_durably(temporary, version + "\n")
     os.replace(temporary, folder / LATEST)
     fsync_dir(folder)
+    # Recorded after the move: a crash in between loses the record, so a later rollback at worst skips
+    # this version, and never lands on one that was not LATEST.
+    with open(folder / HISTORY, "a", encoding="utf-8") as handle:
+        handle.write(f"{event} {before} {version} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _write_durably(path: Path, text: str) -> None:

@@ -103,7 +103,7 @@ def _manage(argv: list[str]) -> int:
     promote.add_argument("--registry", required=True)
     promote.add_argument("--name", required=True)
     promote.add_argument("--version", required=True)
-    rollback = commands.add_parser("rollback", help="point LATEST at the version before it")
+    rollback = commands.add_parser("rollback", help="point LATEST back at the version promoted before it")
     rollback.add_argument("--registry", required=True)
     rollback.add_argument("--name", required=True)
     args = parser.parse_args(argv)
@@ -122,8 +122,7 @@ def _manage(argv: list[str]) -> int:
     elif args.command == "promote":
         print(registry_api.set_latest(args.registry, args.name, args.version).path)
     else:
-        target = registry_api.previous_version(args.registry, args.name)
-        print(registry_api.set_latest(args.registry, args.name, target).path)
+        print(registry_api.rollback(args.registry, args.name).path)
     return 0
 
 

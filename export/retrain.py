@@ -39,7 +39,7 @@ from export.runtime import OnnxEncoder
 from training.data import DataError, QAData, QARecord, data_files, load_qa_data
 from training.metrics import RetrievalTask, evaluate
 
-REPORTS = "reports"
+REPORTS = registry_api.REPORTS
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,12 @@ FACTS = {"variants": {"onnx": {"file": "model.onnx"}, "int8": {"file": "model_in
          "tokenizer": "tokenizer.json", "dimension": 4, "max_seq_length": 16, "query_prompt": "query: "}
 
 
-def _publish(registry: Path, name: str = "demo", payload: bytes = b"graph") -> Path:
+def _publish(registry: Path, name: str = "demo", payload: bytes = b"graph", promote: bool = True) -> Path:
     staging = new_staging_dir(registry, name)
     (staging / "model.onnx").write_bytes(payload)
     (staging / "model_int8.onnx").write_bytes(payload[:3])
     (staging / "tokenizer.json").write_text("{}")
-    return publish(staging, dict(FACTS))
+    return publish(staging, dict(FACTS), promote=promote)
 
 
 def _visible_state(registry: Path, name: str = "demo") -> tuple[list[str], str]:
@@ -60,6 +61,28 @@ def test_tampered_bundle_refused_naming_the_file(tmp_path, tamper, message):
     tamper(_publish(tmp_path))
     with pytest.raises(BundleError, match=message):
         open_bundle(tmp_path, "demo")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("files", ["model.onnx"], "field 'files' must be an object, found list"),
+        ("variants", "onnx", "field 'variants' must be an object, found str"),
+        ("tokenizer", ["tokenizer.json"], "field 'tokenizer' must be a string, found list"),
+        ("dimension", "4", "field 'dimension' must be an integer, found str"),
+        ("files", {"model.onnx": "ab12"}, "files['model.onnx'] must be an object with a 'sha256' string and 'bytes'"),
+        ("variants", {"onnx": ["model.onnx"]}, "variants['onnx'] must be an object with a 'file' string"),
+    ],
+)
+def test_manifest_fields_of_the_wrong_type_are_refused(tmp_path, capsys, field, value, message):
+    path = _publish(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest[field] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(message)):
+        open_bundle(tmp_path, "demo")
+    assert main(["verify", str(path)]) == 1  # one error line, no AttributeError traceback
+    assert capsys.readouterr().err == f"error: {path / 'manifest.json'}: {message}\n"
 
 
 def test_manifest_cannot_point_outside_the_bundle(tmp_path):
@@ -124,12 +147,50 @@ def test_promote_and_rollback(tmp_path):
     for payload in (b"one", b"two", b"three"):
         _publish(tmp_path, payload=payload)
     assert api.set_latest(tmp_path, "demo", "v0001").version == "v0001"
-    with pytest.raises(BundleError, match="no version older than v0001"):
+    with pytest.raises(BundleError, match="no promoted version older than v0001"):
         api.previous_version(tmp_path, "demo")
     api.set_latest(tmp_path, "demo", "v0003")
     assert api.previous_version(tmp_path, "demo") == "v0002"
     with pytest.raises(BundleError, match="v0009 of 'demo' does not exist"):
         api.set_latest(tmp_path, "demo", "v0009")
+
+
+def test_rollback_skips_candidates_that_were_never_promoted(tmp_path, capsys):
+    _publish(tmp_path, payload=b"one")
+    _publish(tmp_path, payload=b"two", promote=False)  # a candidate the retrain gate rejected
+    _publish(tmp_path, payload=b"three")
+    assert main(["rollback", "--registry", str(tmp_path), "--name", "demo"]) == 0
+    assert capsys.readouterr().out.strip().endswith("v0001")
+    assert api.latest_version(tmp_path, "demo") == "v0001"
+    assert main(["rollback", "--registry", str(tmp_path), "--name", "demo"]) == 1
+    assert "no promoted version older than v0001" in capsys.readouterr().err
+
+
+def test_repeated_rollbacks_walk_back_through_promotions(tmp_path):
+    for payload in (b"one", b"two", b"three"):
+        _publish(tmp_path, payload=payload)
+    assert api.rollback(tmp_path, "demo").version == "v0002"
+    assert api.rollback(tmp_path, "demo").version == "v0001"
+    api.set_latest(tmp_path, "demo", "v0002")
+    _publish(tmp_path, payload=b"four")
+    assert api.rollback(tmp_path, "demo").version == "v0002"  # v0003 was rolled back from: not a target
+    api.set_latest(tmp_path, "demo", "v0003")  # promoted again: a target again
+    _publish(tmp_path, payload=b"five")
+    assert api.previous_version(tmp_path, "demo") == "v0003"  # v0004 was rolled back from
+
+
+def test_rollback_in_a_registry_from_before_the_history(tmp_path):
+    for payload, promote in ((b"one", True), (b"two", False), (b"three", True)):
+        _publish(tmp_path, payload=payload, promote=promote)
+    (tmp_path / "demo" / "HISTORY").unlink()
+    assert api.previous_version(tmp_path, "demo") == "v0002"  # nothing says v0002 was never promoted
+    reports = tmp_path / "demo" / "reports"
+    reports.mkdir()
+    (reports / "v0002.json").write_text(json.dumps({"candidate": "v0002", "promoted": False}))
+    assert api.previous_version(tmp_path, "demo") == "v0001"
+    _publish(tmp_path, payload=b"four")  # the history starts here, from v0003
+    assert api.rollback(tmp_path, "demo").version == "v0003"
+    assert api.rollback(tmp_path, "demo").version == "v0001"
 
 
 def test_cli_management_commands(tmp_path, capsys):
