@@ -64,6 +64,48 @@ def test_test_only_and_compare_on_the_saved_model(trained):
     assert "84 questions" in proc.stdout
 
 
+def test_test_only_without_the_base_model_still_reports_the_fine_tuned_one(tmp_path, minilm_path, capsys):
+    from training.cli import main
+
+    model = tmp_path / "model"  # a saved model whose base is a hub id that cannot be reached offline
+    model.mkdir()
+    for item in minilm_path.iterdir():
+        (model / item.name).symlink_to(item)
+    (model / "metrics.json").write_text(json.dumps({"config": {
+        "model_name": "dbmdz/bert-base-turkish-cased", "pooling_mode": "mean", "max_seq_length": 48}}))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Soru {i}?", "answer": f"Cevap {i}."}) + "\n" for i in range(3)))
+    assert main(["--output_dir", str(model), "--data_path", str(data), "--test_only", "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    note = next(line for line in out.splitlines() if line.startswith("note: the base model is not shown"))
+    assert "dbmdz/bert-base-turkish-cased" in note and "sentence-transformers/all-MiniLM-L6-v2" in note
+    assert "mrr@10" in out and "Sample questions" in out
+    assert main(["--output_dir", str(model), "--data_path", str(data), "--compare"]) == 2  # compare needs the base
+    assert "cannot load 'dbmdz/bert-base-turkish-cased'" in capsys.readouterr().err
+
+
+def test_output_dir_that_is_not_a_model_folder_is_refused_before_anything_runs(tmp_path):
+    from training.pipeline import MODEL_FOLDER_FILES, check_output_dir
+
+    models = tmp_path / "models"  # e.g. --output_dir ./models: replacing it would delete every model in it
+    (models / "other-model").mkdir(parents=True)
+    (models / "other-model" / "model.safetensors").write_bytes(b"weights")
+    proc = run_training("--data_path", str(EXAMPLES / "example_qa_data.json"), "--output_dir", str(models), *FAST,
+                        check=False)
+    assert proc.returncode == 2 and "is not a model folder written by python -m training" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Data:" not in proc.stdout  # refused before the model was loaded
+    assert (models / "other-model" / "model.safetensors").read_bytes() == b"weights"
+    assert not Path(f"{models}.partial").exists()
+    previous = tmp_path / "previous"  # a previous run's output may be replaced
+    previous.mkdir()
+    for name in MODEL_FOLDER_FILES:
+        (previous / name).write_text("{}")
+    check_output_dir(previous)
+    check_output_dir(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty")
+
+
 def test_bad_data_fails_fast_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "S", "answer": "C"}\n{"question": "S2"}\n', encoding="utf-8")
@@ -86,6 +128,28 @@ def test_unreachable_hub_model_suggests_the_bundled_one(tmp_path):
 def test_bad_flag_values_are_user_errors(tmp_path):
     proc = run_training("--data_path", str(EXAMPLES / "example_qa_data.json"), "--train_split", "1.5", check=False)
     assert proc.returncode == 2 and "--train_split must be in (0, 1]" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--negatives_range_max", "0"], "--negatives_range_max must be at least 1, got 0"),
+        (["--negatives_range_min", "-1"], "--negatives_range_min must be at least 0 and below --negatives_range_max"),
+        (["--negatives_range_min", "50", "--negatives_range_max", "10"],
+         "--negatives_range_min must be at least 0 and below --negatives_range_max 10, got 50"),
+        (["--negatives_margin", "-0.1"], "--negatives_margin must be in [0, 1), got -0.1"),
+        (["--negatives_margin", "nan"], "--negatives_margin must be in [0, 1), got nan"),
+        (["--mini_batch_size", "0"], "--mini_batch_size must be at least 1, got 0"),
+    ],
+)
+def test_bad_mining_and_loss_flags_are_refused_up_front(tmp_path, capsys, flags, message):
+    from training.cli import main
+
+    # A missing data file too: the flags are refused before data (let alone a model) is loaded.
+    assert main(["--data_path", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path / "m"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):

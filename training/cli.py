@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.test_only or args.compare:
             from training.pipeline import test_saved_model
 
-            test_saved_model(output_dir, args.data_path, args.model_name, args.samples if args.test_only else 0)
+            test_saved_model(output_dir, args.data_path, args.model_name, args.samples if args.test_only else 0,
+                             compare=args.compare)
             return 0
         if not args.data_path:
             parser.error("--data_path is required for training")
@@ -125,10 +126,17 @@ def _run_config(args, preset, output_dir: str):
 
 
 def _check(config) -> None:
-    positive = {"epochs": config.epochs, "batch_size": config.batch_size, "max_seq_length": config.max_seq_length}
+    # Checked here, before the model loads: FAISS and the loss fail later with bare assertions.
+    positive = {"epochs": config.epochs, "batch_size": config.batch_size, "max_seq_length": config.max_seq_length,
+                "negatives_range_max": config.negatives_range_max, "mini_batch_size": config.mini_batch_size}
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}")
+    if not 0 <= config.negatives_range_min < config.negatives_range_max:
+        raise ValueError(f"--negatives_range_min must be at least 0 and below --negatives_range_max "
+                         f"{config.negatives_range_max}, got {config.negatives_range_min}")
+    if not 0.0 <= config.negatives_margin < 1.0:  # also refuses nan
+        raise ValueError(f"--negatives_margin must be in [0, 1), got {config.negatives_margin}")
     if config.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {config.learning_rate}")
     if not 0.0 < config.train_split <= 1.0:

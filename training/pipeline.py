@@ -20,12 +20,13 @@ from training import report
 from training.data import QAData, QARecord, load_qa_data
 from training.encoding import SentenceEncoder
 from training.metrics import RetrievalTask, evaluate
-from training.models import load_model
+from training.models import ModelLoadError, load_model
 from training.negatives import NegativeMiner
 from training.split import split_by_passage
 from training.train import TrainSettings, fine_tune
 
 EVAL_DATA_FILE = "eval_data.jsonl"  # the held-out split, in the guide's JSONL format
+MODEL_FOLDER_FILES = ("metrics.json", "config_sentence_transformers.json")  # every finished run writes both
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RunConfig:
 def train(config: RunConfig, data: QAData, log=print) -> dict:
     """Run the whole job and return the ``metrics.json`` payload (also written to ``output_dir``)."""
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir)
     work_dir = Path(f"{output_dir}.partial")
     split = split_by_passage(data.records, config.train_split, config.seed)
     eval_task = RetrievalTask.from_records(split.eval) if split.eval else None
@@ -122,6 +124,20 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
     return payload
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse, before anything is loaded or written, an ``output_dir`` that the finished run would replace but
+    that is not a previous run's model folder (``--output_dir ./models`` would delete every model in it)."""
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    if any(output_dir.iterdir()) and not all((output_dir / name).is_file() for name in MODEL_FOLDER_FILES):
+        raise ValueError(
+            f"--output_dir {output_dir} is not empty and is not a model folder written by python -m training "
+            f"(it lacks {' or '.join(MODEL_FOLDER_FILES)}); the run would replace it: choose a new or empty folder"
+        )
+
+
 def data_summary(data: QAData, tokenizer, max_seq_length: int) -> dict:
     """Counts, hash and token lengths (with the share of passages that will be truncated)."""
     questions = [r.question for r in data.records]
@@ -144,10 +160,13 @@ def data_summary(data: QAData, tokenizer, max_seq_length: int) -> dict:
     }
 
 
-def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: str | None, samples: int, log=print):
+def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: str | None, samples: int,
+                     compare: bool = False, log=print):
     """``--test_only``/``--compare``: evaluate the saved model (and its base) on whole data files.
 
-    Without data files, the held-out split saved by the training run is used.
+    Without data files, the held-out split saved by the training run is used. A base model that cannot be
+    loaded (e.g. a hub id while offline) is an error only for ``compare``; ``--test_only`` reports the
+    fine-tuned model alone, with a note.
     """
     model_dir_path = Path(model_dir)
     saved = _read_saved_metrics(model_dir_path)
@@ -159,12 +178,18 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
     finetuned = SentenceEncoder(load_model(model_dir))
     result = {"finetuned": evaluate(task, finetuned.queries, finetuned.passages), "base": None}
     if base_name:
-        # The base model as training configured it: same pooling, length and query instruction.
-        base = SentenceEncoder(
-            load_model(base_name, config.get("pooling_mode"), config.get("max_seq_length"),
-                       config.get("query_instruction"))
-        )
-        result["base"] = evaluate(task, base.queries, base.passages)
+        try:
+            # The base model as training configured it: same pooling, length and query instruction.
+            base = SentenceEncoder(
+                load_model(base_name, config.get("pooling_mode"), config.get("max_seq_length"),
+                           config.get("query_instruction"))
+            )
+        except ModelLoadError as error:
+            if compare:
+                raise
+            log(f"note: the base model is not shown, only the fine-tuned one: {error}\n")
+        else:
+            result["base"] = evaluate(task, base.queries, base.passages)
     log(f"Evaluated on {', '.join(paths)}: {len(task.queries)} questions, {len(task.corpus)} passages\n")
     log(report.comparison_table(result["base"], result["finetuned"]))
     if samples:
