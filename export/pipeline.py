@@ -78,7 +78,8 @@ def export_model(
             save_torch_weights(model, staging / "torch")
             facts["torch"] = "torch"
         texts = gates.parity_texts(records)
-        reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+        # prompt="": the texts exactly as the graph gets them, even if the model sets a default_prompt_name.
+        reference = model.encode(texts, prompt="", normalize_embeddings=True, convert_to_numpy=True)
         shape = attention_shape(model)
         # Everything that needs PyTorch is done: release the weights before quantisation and the gates take
         # their own copies (with convert_fp16's file-based path, a bge-m3-sized export peaks at 8.9 GB; 20.3 GB

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -23,6 +24,34 @@ def encoder(minilm_path):
     from training.models import load_model
 
     return SentenceEncoder(load_model(str(minilm_path), "mean", 64, "sorgu: "))
+
+
+def test_passages_are_encoded_plain_even_when_the_model_has_a_document_prompt(minilm_path, tmp_path):
+    """Training prompts the question column only and the bundle and service embed passages plain, so evaluation
+    and mining (both through SentenceEncoder) must too: a model's "document" or default prompt is never applied."""
+    from sentence_transformers import SentenceTransformer
+
+    from training.encoding import SentenceEncoder
+    from training.models import load_model
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for item in minilm_path.iterdir():
+        if item.name != "config_sentence_transformers.json":
+            (folder / item.name).symlink_to(item)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": "document"}))
+    model = load_model(str(folder), "mean", 64)
+    assert model.prompts == {"query": "query: ", "document": ""}  # what the saved model will say
+    encoder = SentenceEncoder(model)
+    reference = SentenceTransformer(str(minilm_path), device="cpu")
+    passages = ["Python yüksek seviyeli bir programlama dilidir.", "Ankara Türkiye'nin başkentidir."]
+    plain = reference.encode(passages, normalize_embeddings=True)
+    np.testing.assert_allclose(encoder.passages(passages), plain, atol=1e-5)
+    model.prompts["document"] = "passage: "  # even when set after loading
+    np.testing.assert_allclose(encoder.passages(passages), plain, atol=1e-5)
+    np.testing.assert_allclose(encoder.queries(["Python nedir?"]),
+                               reference.encode(["query: Python nedir?"], normalize_embeddings=True), atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 42])

@@ -49,7 +49,8 @@ def load_model(
 
     ``None`` keeps what the model already has. The query instruction is stored as the model's
     ``query`` prompt, which sentence-transformers saves with the model, so export and the service
-    apply it to queries (never to documents).
+    apply it to queries. The ``document`` prompt is always empty: passages are trained, evaluated,
+    exported and served plain, and the saved model must say so.
     """
     path = resolve_model_path(name)
     try:
@@ -70,7 +71,7 @@ def load_model(
         model.max_seq_length = max_seq_length
     if query_instruction is not None:
         model.prompts = {**model.prompts, "query": query_instruction}
-    model.prompts = {"query": "", "document": "", **model.prompts}
+    model.prompts = {"query": "", **model.prompts, "document": ""}
     return model
 
 
