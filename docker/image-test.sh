@@ -7,8 +7,10 @@
 #  2. the serve image runs with that registry mounted (read-only root): /ready, /embed, /search,
 #     the image HEALTHCHECK, and a clean SIGTERM shutdown;
 #  3. `podman kube play` of the rendered cpu overlay's serving Deployment + ConfigMap + PVC
-#     (registry volume pre-filled with the bundle) answers /ready.
-# IMAGE_TEST_STEPS="train serve kube" (default) picks steps; serve/kube alone reuse the registry
+#     (registry volume pre-filled with the bundle) answers /ready;
+#  4. the same for the single overlay (data dir on a PVC): a document written through the API is
+#     still there after the pod is taken down and played again.
+# IMAGE_TEST_STEPS="train serve kube single" (default) picks steps; the others alone reuse the registry
 # that the last train step left under $PODMAN_ROOT/image-test.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,8 +27,10 @@ t0=$(date +%s)
 step() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*" >&2; }
 cleanup() {
   podman rm -f -t 5 qaembed-serve-test >/dev/null 2>&1 || true
-  [ ! -f "$work/kube-workload.yaml" ] || podman kube down "$work/kube-workload.yaml" >/dev/null 2>&1 || true
-  podman volume rm -f qaembed-registry >/dev/null 2>&1 || true
+  for f in "$work/kube-workload.yaml" "$work/single-workload.yaml"; do
+    [ ! -f "$f" ] || podman kube down "$f" >/dev/null 2>&1 || true
+  done
+  podman volume rm -f qaembed-registry qaembed-data >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 wait_ready() {  # url timeout_s
@@ -37,7 +41,7 @@ wait_ready() {  # url timeout_s
   done
 }
 
-steps=" ${IMAGE_TEST_STEPS:-train serve kube} "
+steps=" ${IMAGE_TEST_STEPS:-train serve kube single} "
 want() { [[ "$steps" == *" $1 "* ]]; }
 
 # 1 -- train image --------------------------------------------------------------------------
@@ -87,24 +91,48 @@ step "serve: image $(( size / 1000000 )) MB (target <= 600 MB)"
 [ "$size" -le 600000000 ] || [ "${SERVE_VARIANT:-cpu}" = gpu ] || { echo "image-test: serve image over 600 MB" >&2; exit 1; }
 fi
 
-# 3 -- podman kube play of the rendered serving Deployment ----------------------------------
+# 3, 4 -- podman kube play of a rendered overlay's serving Deployment -------------------------
+play_overlay() {  # overlay prefix: render, create the PVCs' volumes (registry filled with the bundle), play
+  "$KUBECTL" kustomize "k8s/overlays/$1" > "$work/rendered-$1.yaml"
+  for part in pvc workload; do
+    "$PY" "$here/kube-play-manifest.py" "$work/rendered-$1.yaml" --image "$SERVE_IMAGE" --host-port "$KUBE_PORT" \
+      --part "$part" > "$work/$2-$part.yaml"
+  done
+  podman volume rm -f qaembed-registry qaembed-data >/dev/null 2>&1 || true
+  podman kube play "$work/$2-pvc.yaml"            # creates the volumes of the PVCs
+  cp -a "$work/registry/." "$(podman volume inspect --format '{{.Mountpoint}}' qaembed-registry)/"
+  for volume in $(podman volume ls -q | grep -x 'qaembed-registry\|qaembed-data'); do
+    chown -R 10001:10001 "$(podman volume inspect --format '{{.Mountpoint}}' "$volume")"  # fsGroup's job
+  done
+  podman kube play "$work/$2-workload.yaml"       # ConfigMap + Deployment
+  wait_kube
+}
+wait_kube() {
+  wait_ready "http://127.0.0.1:$KUBE_PORT/ready" 240 || { podman pod logs "$(podman pod ps -q | head -n1)" | tail -n 40 >&2; exit 1; }
+}
+
 if want kube; then
 s=$(date +%s)
-"$KUBECTL" kustomize k8s/overlays/cpu > "$work/rendered.yaml"
-for part in pvc workload; do
-  "$PY" "$here/kube-play-manifest.py" "$work/rendered.yaml" --image "$SERVE_IMAGE" --host-port "$KUBE_PORT" \
-    --part "$part" > "$work/kube-$part.yaml"
-done
-podman volume rm -f qaembed-registry >/dev/null 2>&1 || true
-podman kube play "$work/kube-pvc.yaml"            # creates the volume of the registry PVC
-mnt="$(podman volume inspect --format '{{.Mountpoint}}' qaembed-registry)"
-cp -a "$work/registry/." "$mnt/"
-chown -R 10001:10001 "$mnt"
-podman kube play "$work/kube-workload.yaml"       # ConfigMap + Deployment
-wait_ready "http://127.0.0.1:$KUBE_PORT/ready" 240 || { podman pod logs "$(podman pod ps -q | head -n1)" | tail -n 40 >&2; exit 1; }
+play_overlay cpu kube
 curl -fsS "http://127.0.0.1:$KUBE_PORT/info" | head -c 400; echo
 step "kube play: Deployment ready in $(( $(date +%s) - s )) s"
 podman kube down "$work/kube-workload.yaml" >/dev/null
 podman volume rm -f qaembed-registry >/dev/null
+fi
+
+if want single; then
+s=$(date +%s)
+play_overlay single single
+curl -fsS -H 'content-type: application/json' \
+  -d '{"documents": [{"id": "kalici", "text": "Bu belge pod silinse de PVC üzerinde kalır."}]}' \
+  "http://127.0.0.1:$KUBE_PORT/documents" >/dev/null
+podman kube down "$work/single-workload.yaml" >/dev/null   # the pod goes; the PVC's volume stays
+podman kube play "$work/single-workload.yaml" >/dev/null
+wait_kube
+curl -fsS "http://127.0.0.1:$KUBE_PORT/documents/kalici" | grep -q 'PVC üzerinde kalır' \
+  || { echo "image-test: the document written before the restart is gone" >&2; exit 1; }
+step "kube play single: a document survived the pod (data dir on the PVC) in $(( $(date +%s) - s )) s"
+podman kube down "$work/single-workload.yaml" >/dev/null
+podman volume rm -f qaembed-registry qaembed-data >/dev/null
 fi
 step "image tests passed:$steps"
