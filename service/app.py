@@ -345,7 +345,9 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     @app.post("/documents", summary="Upsert documents (durable when acknowledged)")
     async def upsert_documents(req: DocumentsRequest, request: Request) -> Response:
         _check_texts([d.text for d in req.documents], settings, "documents")
-        _check_json_safe([[d.id, d.metadata] for d in req.documents], "documents")
+        # each metadata as deep as a response nests it ({"results": [[hit]]} for "queries"), so any stored
+        # document can be sent back
+        _check_json_safe([{"results": [[{"id": d.id, "metadata": d.metadata}]]} for d in req.documents], "documents")
         ids = await engine.upsert([DocIn(d.id, d.text, d.metadata or {}) for d in req.documents],
                                   disconnected=_disconnect_watcher(request))
         return _json({"ids": ids})

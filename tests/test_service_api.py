@@ -369,11 +369,18 @@ def test_bad_input_gives_4xx_json(client):
                              headers=headers), 422)
     assert_error(client.post("/documents", json={"documents": [{"id": "a/b", "text": "x"}]}), 422)
     # what the response encoder (orjson) refuses is refused on the way in, not stored to fail every later read
-    deep_metadata = json.loads("[" * 300 + "]" * 300)
-    for metadata in ({"n": 10**30}, {"deep": deep_metadata}):
+    # (depth 251 was stored, then /search with "queries", which nests a hit two levels deeper, failed)
+    for metadata in ({"n": 10**30}, {"deep": json.loads("[" * 251 + "]" * 251)}):
         response = client.post("/documents", json={"documents": [{"id": "poison", "text": "x", "metadata": metadata}]})
         assert_error(response, 422)
     assert_error(client.get("/documents/poison"), 404)
+    deep_but_fine = {"deep": json.loads("[" * 240 + "]" * 240)}
+    text = "Derin ama geçerli üst veri taşıyan belge"
+    assert client.post("/documents", json={"documents": [{"id": "deep", "text": text, "metadata": deep_but_fine}]}
+                       ).status_code == 200
+    hit = client.post("/search", json={"queries": [text], "top_k": 1}).json()["results"][0][0]
+    assert hit["id"] == "deep" and hit["metadata"] == deep_but_fine
+    assert client.delete("/documents/deep").status_code in (200, 204)
     deep = client.post("/embed", content=b"[" * 50_000, headers=headers)
     assert 400 <= deep.status_code < 500 and "error" in deep.json()
     assert_error(client.get("/nope"), 404)
