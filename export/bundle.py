@@ -40,6 +40,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+log = logging.getLogger("export.bundle")
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
@@ -390,12 +393,22 @@ def _point_latest(folder: Path, version: str, event: str) -> None:
     _write_durably(temporary, version + "\n")
     os.replace(temporary, folder / LATEST)
     fsync_dir(folder)
-    # Recorded after the move: a crash in between loses the record, so a later rollback at worst skips
-    # this version, and never lands on one that was not LATEST.
-    with open(folder / HISTORY, "a", encoding="utf-8") as handle:
-        handle.write(f"{event} {before} {version} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Recorded after the move: a crash in between, or an append that fails, loses the record, so a later
+    # rollback at worst skips this version and never lands on one that was not LATEST. LATEST has moved either
+    # way, so a failure here is a warning, not an error.
+    line = f"{event} {before} {version} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+    try:
+        with open(folder / HISTORY, "a+b") as handle:
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a line torn by a crash: end it, or it swallows this one
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        log.warning("%s: LATEST is %s, but recording it in %s failed (%s): a rollback may skip it",
+                    folder, version, HISTORY, exc)
 
 
 def _write_durably(path: Path, text: str) -> None:

@@ -179,6 +179,17 @@ def test_repeated_rollbacks_walk_back_through_promotions(tmp_path):
     assert api.previous_version(tmp_path, "demo") == "v0003"  # v0004 was rolled back from
 
 
+def test_a_history_line_torn_by_a_crash_does_not_swallow_the_next(tmp_path):
+    for payload in (b"one", b"two", b"three"):
+        _publish(tmp_path, payload=payload)
+    assert api.rollback(tmp_path, "demo").version == "v0002"
+    history = tmp_path / "demo" / "HISTORY"
+    history.write_bytes(history.read_bytes()[:-8])  # the rollback line, cut inside its time stamp
+    _publish(tmp_path, payload=b"four")
+    # both the torn rollback (v0003 is bad) and the promotion of v0004 still count
+    assert api.previous_version(tmp_path, "demo") == "v0002"
+
+
 def test_rollback_in_a_registry_from_before_the_history(tmp_path):
     for payload, promote in ((b"one", True), (b"two", False), (b"three", True)):
         _publish(tmp_path, payload=payload, promote=promote)
