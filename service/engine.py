@@ -492,6 +492,9 @@ class Engine:
         """Atomic snapshot of the current generation; compacts the index when worthwhile."""
         if self.store is None:
             return
+        if self.store.broken:  # the disk failed: leave it as it is for the restart to recover from
+            log.warning("no snapshot: %s", self.store.broken)
+            return
         async with self._write_lock:
             gen = self.gen
             seq = self.store.rotate()

@@ -16,7 +16,11 @@ Layout of the data directory::
   atomically replacing ``CURRENT``; WAL segments it covers are deleted afterwards. A crash at any
   point leaves either the old or the new snapshot live, plus the WAL records after it.
 * At start the live snapshot is verified (sha256) and the WAL replayed; a torn frame at the end of
-  the last segment (a write cut by the crash, never acknowledged) is cut off.
+  the last segment (a write cut by the crash, never acknowledged) is cut off, and so is one ending an
+  earlier segment when the next segment starts right after it (an append that failed, never acknowledged).
+  A bad frame that could hide acknowledged records stops the start with an error instead.
+* An append that fails (disk full, I/O error) is cut back out of the log and reported; after an I/O
+  error the log refuses writes (``broken``) until a restart recovers from the disk.
 * Vectors travel with the documents and record the model version that computed them, so a restart
   with the same model re-embeds nothing.
 
@@ -124,6 +128,16 @@ def _read_frames(data: bytes) -> tuple[list[dict], int]:
     return records, offset
 
 
+def _hides_records(records: list[dict], start: int, next_start: int | None) -> bool:
+    """Whether a bad frame ending a segment (``start``: its first seq) can hide acknowledged records.
+
+    A torn frame ends the last segment after a crash. It may also end an earlier one: an append that failed
+    and could not be cut, then a new segment. That record was never acknowledged, nor its seq used, so the
+    next segment starts right after the last good record; any other gap means records were lost."""
+    last_good = records[-1]["seq"] if records else start - 1
+    return next_start is not None and next_start != last_good + 1
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -164,8 +178,8 @@ class DurableStore:
             name = current.read_text().strip()
             self._load_snapshot(self.snap_dir / name, state)
         segments = self._segments()
-        for i, (_start, path) in enumerate(segments):
-            self._replay(path, state, last=(i == len(segments) - 1))
+        for i, (start, path) in enumerate(segments):
+            self._replay(path, state, start, next_start=segments[i + 1][0] if i + 1 < len(segments) else None)
         self.seq = state.seq
         self.records_since_snapshot = state.replayed
         self._feedback_tail = list(state.feedback)
@@ -197,7 +211,7 @@ class DurableStore:
                 continue
         return sorted(out)
 
-    def _replay(self, path: Path, state: RecoveredState, last: bool) -> None:
+    def _replay(self, path: Path, state: RecoveredState, start: int, next_start: int | None) -> None:
         data = path.read_bytes()
         records, offset = _read_frames(data)
         for record in records:
@@ -207,7 +221,7 @@ class DurableStore:
             state.seq = record["seq"]
             state.replayed += 1
         if offset < len(data):
-            if not last:
+            if _hides_records(records, start, next_start):
                 raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
             log.warning("%s: cutting a torn record off the end of the log (%d bytes, never acknowledged)",
                         path, len(data) - offset)
@@ -335,10 +349,11 @@ class DurableStore:
                 with open(snap / FEEDBACK, encoding="utf-8") as f:
                     out.extend(json.loads(line) for line in f)
         segments = self._segments()
-        for i, (_start, path) in enumerate(segments):
+        for i, (start, path) in enumerate(segments):
             data = path.read_bytes()
             records, offset = _read_frames(data)
-            if offset < len(data) and i != len(segments) - 1:
+            next_start = segments[i + 1][0] if i + 1 < len(segments) else None
+            if offset < len(data) and _hides_records(records, start, next_start):
                 raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
             for record in records:
                 if record["seq"] > seq and record["op"] == "feedback":

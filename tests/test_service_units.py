@@ -367,6 +367,27 @@ def test_a_failed_append_loses_no_later_acknowledged_write(tmp_path, error):
     assert list(state.docs) == acknowledged and state.truncated_bytes == 0
 
 
+def test_a_torn_frame_that_a_new_segment_follows_is_cut_not_fatal(tmp_path):
+    """A failed append whose cut also failed leaves half a frame, then a snapshot's rotate starts a new
+    segment: the torn record was never acknowledged (the next segment starts at its seq), so recovery and
+    feedback reads cut it instead of refusing to start."""
+    store = DurableStore(tmp_path)
+    store.recover()
+    store.open_log()
+    vector = np.ones((1, 2), np.float32)
+    store.append_upsert([("a", "A", {})], vector, "v1")
+    (first,) = (tmp_path / "wal").glob("*.log")
+    with open(first, "ab") as f:
+        f.write(b"\x40\x00\x00\x00half a frame")
+    store.rotate()
+    store.append_upsert([("c", "C", {})], vector, "v1")
+    store.append_feedback({"query": "c?", "label": "positive"})
+    store.close()
+    assert [r["query"] for r in DurableStore(tmp_path).read_feedback()] == ["c?"]
+    state = DurableStore(tmp_path).recover()
+    assert list(state.docs) == ["a", "c"] and state.truncated_bytes > 0 and state.seq == 3
+
+
 # ------------------------------------------------------------------------------------------- backends
 def test_cuda_that_cannot_start_is_an_error_not_a_silent_cpu_fallback(exported_bundle, monkeypatch):
     """onnxruntime answers a CUDA provider it cannot start with a log line and a CPU session; asked for
