@@ -40,28 +40,49 @@ class TextTokenizer:
     def __init__(self, tokenizer_path: str | Path, max_seq_length: int, query_prompt: str = "") -> None:
         self.max_seq_length = int(max_seq_length)
         self.query_prompt = query_prompt or ""
-        # one tokenizer per truncation side: a tokenizer's truncation is its state, shared by threads
-        self._tok = {}
-        for side in ("right", "left"):
-            tok = Tokenizer.from_file(str(tokenizer_path))
-            tok.no_padding()
-            tok.enable_truncation(self.max_seq_length, direction=side)
-            self._tok[side] = tok
+        # Two tokenizers, as truncation is a tokenizer's state, shared by threads: the library truncates on the
+        # right; left truncation is cut by hand from an untruncated encoding, to keep the query instruction.
+        self._right = Tokenizer.from_file(str(tokenizer_path))
+        self._right.no_padding()
+        self._right.enable_truncation(self.max_seq_length)
+        self._untruncated = Tokenizer.from_file(str(tokenizer_path))
+        self._untruncated.no_padding()
+        self._untruncated.no_truncation()
 
     def encode(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
                truncation_direction: str = "right") -> list[Encoded]:
         """Encode texts; with ``truncate=False`` a text over ``max_seq_length`` tokens raises 413;
-        ``truncation_direction="left"`` keeps the end of a long text instead of its start (TEI's option)."""
-        if is_query and self.query_prompt:
-            texts = [self.query_prompt + t for t in texts]
-        encodings = self._tok[truncation_direction].encode_batch(list(texts), add_special_tokens=True)
+        ``truncation_direction="left"`` keeps the end of a long text instead of its start (TEI's option),
+        and a query's instruction with it."""
+        prompt = self.query_prompt if is_query else ""
+        texts = [prompt + t for t in texts]
+        if truncation_direction == "left":
+            encodings = self._untruncated.encode_batch(texts, add_special_tokens=True)
+            pieces = [self._cut_left(enc, len(prompt)) for enc in encodings]
+        else:
+            encodings = self._right.encode_batch(texts, add_special_tokens=True)
+            pieces = [(enc.ids, enc.type_ids, bool(enc.overflowing)) for enc in encodings]
         out = []
-        for i, enc in enumerate(encodings):
-            if not truncate and enc.overflowing:
+        for i, (ids, type_ids, overflowed) in enumerate(pieces):
+            if not truncate and overflowed:
                 raise TooLarge(f"input {i} is longer than the model's {self.max_seq_length} tokens "
                                "and truncate is false")
-            out.append(Encoded(np.asarray(enc.ids, dtype=np.int64), np.asarray(enc.type_ids, dtype=np.int64)))
+            out.append(Encoded(np.asarray(ids, dtype=np.int64), np.asarray(type_ids, dtype=np.int64)))
         return out
+
+    def _cut_left(self, enc, prompt_chars: int) -> tuple[list[int], list[int], bool]:
+        """Drop tokens from the start of the text, never the special tokens around it nor the prompt's."""
+        n = len(enc.ids)
+        if n <= self.max_seq_length:
+            return enc.ids, enc.type_ids, False
+        body = [i for i in range(n) if not enc.special_tokens_mask[i]]
+        lead, trail = list(range(body[0])), list(range(body[-1] + 1, n))
+        room = self.max_seq_length - len(lead) - len(trail)
+        prompt = [i for i in body if enc.offsets[i][1] <= prompt_chars]
+        text = body[len(prompt):]
+        kept = prompt + text[len(text) - (room - len(prompt)):] if room > len(prompt) else body[-room:]
+        keep = lead + kept + trail
+        return [enc.ids[i] for i in keep], [enc.type_ids[i] for i in keep], True
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         return sum(len(e) for e in self.encode(texts))
