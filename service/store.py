@@ -177,9 +177,8 @@ class DurableStore:
         if current.exists():
             name = current.read_text().strip()
             self._load_snapshot(self.snap_dir / name, state)
-        segments = self._segments()
-        for i, (start, path) in enumerate(segments):
-            self._replay(path, state, start, next_start=segments[i + 1][0] if i + 1 < len(segments) else None)
+        for start, path, next_start in self._segment_chain():
+            self._replay(path, state, start, next_start)
         self.seq = state.seq
         self.records_since_snapshot = state.replayed
         self._feedback_tail = list(state.feedback)
@@ -210,6 +209,12 @@ class DurableStore:
             except ValueError:
                 continue
         return sorted(out)
+
+    def _segment_chain(self) -> list[tuple[int, Path, int | None]]:
+        """``(first seq, path, first seq of the next segment or None)`` per WAL segment, in order."""
+        segments = self._segments()
+        nexts = [start for start, _ in segments[1:]] + [None]  # one longer than segments when there are none
+        return [(start, path, following) for (start, path), following in zip(segments, nexts, strict=False)]
 
     def _replay(self, path: Path, state: RecoveredState, start: int, next_start: int | None) -> None:
         data = path.read_bytes()
@@ -348,11 +353,9 @@ class DurableStore:
             if FEEDBACK in meta["sha256"]:
                 with open(snap / FEEDBACK, encoding="utf-8") as f:
                     out.extend(json.loads(line) for line in f)
-        segments = self._segments()
-        for i, (start, path) in enumerate(segments):
+        for start, path, next_start in self._segment_chain():
             data = path.read_bytes()
             records, offset = _read_frames(data)
-            next_start = segments[i + 1][0] if i + 1 < len(segments) else None
             if offset < len(data) and _hides_records(records, start, next_start):
                 raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
             for record in records:

@@ -335,12 +335,20 @@ def test_store_replays_wal_and_snapshots_atomically(tmp_path):
     assert len(list((tmp_path / "wal").glob("*.log"))) == 1  # covered segments removed
 
 
-def test_store_cuts_a_torn_tail_but_refuses_corruption_in_the_middle(tmp_path):
+VECTOR = np.ones((1, 2), np.float32)
+
+
+def store_holding_a(tmp_path) -> DurableStore:
+    """An open store whose log holds one acknowledged upsert, document "a" (seq 1)."""
     store = DurableStore(tmp_path)
     store.recover()
     store.open_log()
-    store.append_upsert([("a", "A", {})], np.ones((1, 2), np.float32), "v1")
-    store.close()
+    assert store.append_upsert([("a", "A", {})], VECTOR, "v1") == 1
+    return store
+
+
+def test_store_cuts_a_torn_tail_but_refuses_corruption_in_the_middle(tmp_path):
+    store_holding_a(tmp_path).close()
     (segment,) = (tmp_path / "wal").glob("*.log")
     good = segment.stat().st_size
     with open(segment, "ab") as f:
@@ -358,11 +366,7 @@ def test_store_cuts_a_torn_tail_but_refuses_corruption_in_the_middle(tmp_path):
 
 def test_store_cuts_a_zero_filled_tail(tmp_path):
     """What a power cut can leave: zeros after the last frame (length 0 passes a CRC check)."""
-    store = DurableStore(tmp_path)
-    store.recover()
-    store.open_log()
-    store.append_upsert([("a", "A", {})], np.ones((1, 2), np.float32), "v1")
-    store.close()
+    store_holding_a(tmp_path).close()
     (segment,) = (tmp_path / "wal").glob("*.log")
     with open(segment, "ab") as f:
         f.write(b"\x00" * 64)
@@ -375,22 +379,18 @@ def test_a_failed_append_loses_no_later_acknowledged_write(tmp_path, error):
     """A half-written frame left in the log would cut every later (acknowledged) record at the next
     start. Disk full: the frame is cut and later writes go on; an I/O error: writes are refused
     (and /health fails) until a restart recovers from the disk."""
-    store = DurableStore(tmp_path)
-    store.recover()
-    store.open_log()
-    vector = np.ones((1, 2), np.float32)
-    assert store.append_upsert([("a", "A", {})], vector, "v1") == 1
+    store = store_holding_a(tmp_path)
     store._file = FailingLog(store._file, error)
     with pytest.raises(StoreError, match=os.strerror(error)):
-        store.append_upsert([("b", "B", {})], vector, "v1")
+        store.append_upsert([("b", "B", {})], VECTOR, "v1")
     if error == errno.ENOSPC:
         assert store.broken is None
-        assert store.append_upsert([("c", "C", {})], vector, "v1") == 2
+        assert store.append_upsert([("c", "C", {})], VECTOR, "v1") == 2
         acknowledged = ["a", "c"]
     else:
         assert store.broken
         with pytest.raises(StoreError, match="refuses writes until a restart"):
-            store.append_upsert([("c", "C", {})], vector, "v1")
+            store.append_upsert([("c", "C", {})], VECTOR, "v1")
         acknowledged = ["a"]
     store.close()
     state = DurableStore(tmp_path).recover()
@@ -401,16 +401,12 @@ def test_a_torn_frame_that_a_new_segment_follows_is_cut_not_fatal(tmp_path):
     """A failed append whose cut also failed leaves half a frame, then a snapshot's rotate starts a new
     segment: the torn record was never acknowledged (the next segment starts at its seq), so recovery and
     feedback reads cut it instead of refusing to start."""
-    store = DurableStore(tmp_path)
-    store.recover()
-    store.open_log()
-    vector = np.ones((1, 2), np.float32)
-    store.append_upsert([("a", "A", {})], vector, "v1")
+    store = store_holding_a(tmp_path)
     (first,) = (tmp_path / "wal").glob("*.log")
     with open(first, "ab") as f:
         f.write(b"\x40\x00\x00\x00half a frame")
     store.rotate()
-    store.append_upsert([("c", "C", {})], vector, "v1")
+    store.append_upsert([("c", "C", {})], VECTOR, "v1")
     store.append_feedback({"query": "c?", "label": "positive"})
     store.close()
     assert [r["query"] for r in DurableStore(tmp_path).read_feedback()] == ["c?"]
