@@ -28,8 +28,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from export import bundle as registry_api
-from export.bundle import BundleError
+from export import registry
+from export.bundle import (
+    BundleError,
+    latest_version,
+    list_names,
+    list_versions,
+    open_bundle,
+    validate_name,
+    verify_bundle,
+)
 from export.errors import ExportError
 
 COMMANDS = ("list", "show", "verify", "promote", "rollback")
@@ -109,20 +117,20 @@ def _manage(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "list":
-        for name in [registry_api.validate_name(args.name)] if args.name else registry_api.list_names(args.registry):
+        for name in [validate_name(args.name)] if args.name else list_names(args.registry):
             latest = _latest_or_none(args.registry, name)
-            for version in registry_api.list_versions(args.registry, name):
+            for version in list_versions(args.registry, name):
                 print(f"{name}\t{version}" + ("\t*" if version == latest else ""))
     elif args.command == "show":
-        found = registry_api.open_bundle(args.registry, args.name, args.version)
+        found = open_bundle(args.registry, args.name, args.version)
         print(json.dumps(found.manifest, indent=2, ensure_ascii=False))
     elif args.command == "verify":
-        found = registry_api.verify_bundle(args.bundle_dir)
+        found = verify_bundle(args.bundle_dir)
         print(f"ok {found.name} {found.version}: {len(found.manifest['files'])} files verified")
     elif args.command == "promote":
-        print(registry_api.set_latest(args.registry, args.name, args.version).path)
+        print(registry.set_latest(args.registry, args.name, args.version).path)
     else:
-        print(registry_api.rollback(args.registry, args.name).path)
+        print(registry.rollback(args.registry, args.name).path)
     return 0
 
 
@@ -165,12 +173,12 @@ def _retrain(argv: list[str]) -> int:
     if report_path:
         Path(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     # A rejection is a normal outcome (exit 0): the report says what was decided and why.
-    print(registry_api.open_bundle(args["registry"], args["name"], report["candidate"]).path)
+    print(open_bundle(args["registry"], args["name"], report["candidate"]).path)
     return 0
 
 
 def _latest_or_none(registry: str, name: str) -> str | None:
     try:
-        return registry_api.latest_version(registry, name)
+        return latest_version(registry, name)
     except BundleError:
         return None

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from export import bundle as registry_api
 from export import gates
+from export.bundle import validate_name
 from export.errors import ExportError
 from export.quantize import detect_int8_target, quantize_int8
+from export.registry import discard_staging, new_staging_dir, publish
 from export.runtime import OnnxEncoder
 
 DEFAULT_VARIANTS = ("onnx", "onnx-optimized", "int8")
@@ -49,7 +50,7 @@ def export_model(
 ) -> Path:
     """Export, gate and publish; returns the new version folder. Raises :class:`ExportError` when a
     gate fails (and ``force`` is False) or an input is bad."""
-    registry_api.validate_name(name)
+    validate_name(name)
     unknown = set(variants) - set(FILES)
     if unknown or "onnx" not in variants:
         raise ExportError(f"--variants must include onnx and come from {', '.join(FILES)} (got {','.join(variants)})")
@@ -60,15 +61,15 @@ def export_model(
     from export.onnx_export import (
         attention_shape,
         export_fp32,
-        load_model,
+        load_for_export,
         model_facts,
         save_tokenizer,
         save_torch_weights,
     )
 
-    model = load_model(model_dir, max_seq_length)
+    model = load_for_export(model_dir, max_seq_length)
     facts = model_facts(model, model_dir)
-    staging = registry_api.new_staging_dir(registry, name)
+    staging = new_staging_dir(registry, name)
     try:
         started = time.perf_counter()
         export_fp32(model, staging / FILES["onnx"])
@@ -93,9 +94,9 @@ def export_model(
         for helper in set(FILES) - set(variants):
             for file in staging.glob(FILES[helper] + "*"):
                 file.unlink()
-        return registry_api.publish(staging, facts, promote=promote)
+        return publish(staging, facts, promote=promote)
     finally:
-        registry_api.discard_staging(staging)  # a no-op once published (the folder was renamed)
+        discard_staging(staging)  # a no-op once published (the folder was renamed)
 
 
 def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str, per_channel: bool,

@@ -33,13 +33,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from export import bundle as registry_api
+from export.bundle import Bundle, BundleError, latest_version, open_bundle, validate_name, validate_version
 from export.errors import ExportError
+from export.registry import REPORTS, set_latest
 from export.runtime import OnnxEncoder
 from training.data import DataError, QAData, QARecord, data_files, load_qa_data
 from training.metrics import RetrievalTask, evaluate
-
-REPORTS = registry_api.REPORTS
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
         candidate_dir = export_model(str(model_dir), config.registry, config.name, variants=config.variants,
                                      eval_data=config.eval_data, include_torch=True, promote=current is None,
                                      log=log)
-    candidate = registry_api.open_bundle(config.registry, config.name, candidate_dir.name)
+    candidate = open_bundle(config.registry, config.name, candidate_dir.name)
 
     task = RetrievalTask.from_records(eval_records)
     if config.variant not in candidate.variants or (current and config.variant not in current.variants):
@@ -116,7 +115,7 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
         scores["current"] = _score(current, config.variant, task)
     decision = _decide(scores, config.tolerance)
     if decision["promoted"] and current is not None:
-        registry_api.set_latest(config.registry, config.name, candidate.version)
+        set_latest(config.registry, config.name, candidate.version)
     report = {
         "name": config.name,
         "candidate": candidate.version,
@@ -159,9 +158,9 @@ def fetch_feedback(url: str, out: Path, log: Callable[[str], None] = print) -> l
 
 
 def write_report(registry: str | Path, name: str, report: dict) -> Path:
-    folder = Path(registry) / registry_api.validate_name(name) / REPORTS
+    folder = Path(registry) / validate_name(name) / REPORTS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{registry_api.validate_version(report['candidate'])}.json"
+    path = folder / f"{validate_version(report['candidate'])}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
@@ -181,18 +180,18 @@ def _decide(scores: dict, tolerance: float) -> dict:
             "reason": f"MRR@10 {candidate:.4f} is worse than current {current:.4f} by more than {tolerance}"}
 
 
-def _score(bundle: registry_api.Bundle, variant: str, task: RetrievalTask) -> dict:
+def _score(bundle: Bundle, variant: str, task: RetrievalTask) -> dict:
     queries = OnnxEncoder.from_bundle(bundle, variant, prompt=bundle.query_prompt)
     passages = OnnxEncoder.from_bundle(bundle, variant)
     return evaluate(task, queries.encode, passages.encode)
 
 
-def _current_bundle(config: RetrainConfig) -> registry_api.Bundle | None:
+def _current_bundle(config: RetrainConfig) -> Bundle | None:
     try:
-        registry_api.latest_version(config.registry, config.name)
-    except registry_api.BundleError:
+        latest_version(config.registry, config.name)
+    except BundleError:
         return None  # nothing published yet: the candidate becomes the first version
-    return registry_api.open_bundle(config.registry, config.name)
+    return open_bundle(config.registry, config.name)
 
 
 def _start_model(config: RetrainConfig, current) -> tuple[str, dict]:

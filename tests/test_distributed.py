@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export.bundle import set_latest
+from export.registry import set_latest
 from tests.test_service_api import ServerThread, _add_version, assert_error, settings_for
 from tests.test_service_durability import ServiceProcess, free_port
 

@@ -12,9 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import bundle as api
 from export import gates
-from export.bundle import open_bundle
+from export.bundle import list_versions, open_bundle
 from export.errors import ExportError
 from export.onnx_io import save_onnx
 from export.runtime import OnnxEncoder
@@ -166,7 +165,7 @@ def test_failed_gate_refuses_to_publish_and_force_records_it(minilm_path, tmp_pa
     with pytest.raises(ExportError, match=r"gate failed, not published .*onnx: mean cosine to PyTorch"):
         export_model(str(model_dir), registry, "strict", variants=["onnx"], max_seq_length=64,
                      log=lambda message: None)
-    assert api.list_versions(registry, "strict") == []
+    assert list_versions(registry, "strict") == []
     assert [p.name for p in (registry / "strict").iterdir()] == []  # the staging folder was removed
 
     path = export_model(str(model_dir), registry, "strict", variants=["onnx"], max_seq_length=64, force=True,
@@ -196,4 +195,4 @@ def test_cli_user_errors_exit_1_with_one_line(tmp_path, minilm_path, arguments, 
     )
     assert result.returncode == 1
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
-    assert not (tmp_path / "ok").exists() or api.list_versions(tmp_path, "ok") == []
+    assert not (tmp_path / "ok").exists() or list_versions(tmp_path, "ok") == []

@@ -1,4 +1,5 @@
-"""The bundle format and registry (export.bundle, export.cli management commands): no model needed."""
+"""The bundle format and registry (export.bundle read side, export.registry write side, export.cli management
+commands): no model needed."""
 
 from __future__ import annotations
 
@@ -10,26 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from export import bundle as api
-from export.bundle import BundleError, new_staging_dir, open_bundle, publish
+from export import registry
+from export.bundle import BundleError, latest_version, list_versions, open_bundle, sha256_file
 from export.cli import main
 from export.quantize import detect_int8_target
+from export.registry import new_staging_dir, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTS = {"variants": {"onnx": {"file": "model.onnx"}, "int8": {"file": "model_int8.onnx"}},
          "tokenizer": "tokenizer.json", "dimension": 4, "max_seq_length": 16, "query_prompt": "query: "}
 
 
-def _publish(registry: Path, name: str = "demo", payload: bytes = b"graph", promote: bool = True) -> Path:
-    staging = new_staging_dir(registry, name)
+def _publish(root: Path, name: str = "demo", payload: bytes = b"graph", promote: bool = True) -> Path:
+    staging = new_staging_dir(root, name)
     (staging / "model.onnx").write_bytes(payload)
     (staging / "model_int8.onnx").write_bytes(payload[:3])
     (staging / "tokenizer.json").write_text("{}")
     return publish(staging, dict(FACTS), promote=promote)
 
 
-def _visible_state(registry: Path, name: str = "demo") -> tuple[list[str], str]:
-    return api.list_versions(registry, name), open_bundle(registry, name).version
+def _visible_state(root: Path, name: str = "demo") -> tuple[list[str], str]:
+    return list_versions(root, name), open_bundle(root, name).version
 
 
 def test_publish_and_open(tmp_path):
@@ -89,7 +91,7 @@ def test_manifest_cannot_point_outside_the_bundle(tmp_path):
     path = _publish(tmp_path)
     (tmp_path / "secret").write_text("x")
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["../../secret"] = {"sha256": api.sha256_file(tmp_path / "secret"), "bytes": 1}
+    manifest["files"]["../../secret"] = {"sha256": sha256_file(tmp_path / "secret"), "bytes": 1}
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="points outside the bundle"):
         open_bundle(tmp_path, "demo")
@@ -122,7 +124,7 @@ def test_nothing_published(tmp_path):
         open_bundle(tmp_path, "demo")
 
 
-@pytest.mark.parametrize("step", ["_fsync_tree", "_write_durably", "fsync_dir", "_point_latest"])
+@pytest.mark.parametrize("step", ["fsync_tree", "write_durably", "fsync_dir", "_point_latest"])
 def test_killed_publish_leaves_registry_consistent(tmp_path, monkeypatch, step):
     """A crash between any two publish steps leaves the old version (or, once renamed, the complete new
     one) visible through LATEST, every listed version verifies, and a later publish works."""
@@ -132,7 +134,7 @@ def test_killed_publish_leaves_registry_consistent(tmp_path, monkeypatch, step):
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(api, step, crash)
+        patch.setattr(registry, step, crash)
         with pytest.raises(KeyboardInterrupt):
             _publish(tmp_path, payload=b"new graph")
     versions, latest = _visible_state(tmp_path)
@@ -146,13 +148,13 @@ def test_killed_publish_leaves_registry_consistent(tmp_path, monkeypatch, step):
 def test_promote_and_rollback(tmp_path):
     for payload in (b"one", b"two", b"three"):
         _publish(tmp_path, payload=payload)
-    assert api.set_latest(tmp_path, "demo", "v0001").version == "v0001"
+    assert registry.set_latest(tmp_path, "demo", "v0001").version == "v0001"
     with pytest.raises(BundleError, match="no promoted version older than v0001"):
-        api.previous_version(tmp_path, "demo")
-    api.set_latest(tmp_path, "demo", "v0003")
-    assert api.previous_version(tmp_path, "demo") == "v0002"
+        registry.previous_version(tmp_path, "demo")
+    registry.set_latest(tmp_path, "demo", "v0003")
+    assert registry.previous_version(tmp_path, "demo") == "v0002"
     with pytest.raises(BundleError, match="v0009 of 'demo' does not exist"):
-        api.set_latest(tmp_path, "demo", "v0009")
+        registry.set_latest(tmp_path, "demo", "v0009")
 
 
 def test_rollback_skips_candidates_that_were_never_promoted(tmp_path, capsys):
@@ -161,7 +163,7 @@ def test_rollback_skips_candidates_that_were_never_promoted(tmp_path, capsys):
     _publish(tmp_path, payload=b"three")
     assert main(["rollback", "--registry", str(tmp_path), "--name", "demo"]) == 0
     assert capsys.readouterr().out.strip().endswith("v0001")
-    assert api.latest_version(tmp_path, "demo") == "v0001"
+    assert latest_version(tmp_path, "demo") == "v0001"
     assert main(["rollback", "--registry", str(tmp_path), "--name", "demo"]) == 1
     assert "no promoted version older than v0001" in capsys.readouterr().err
 
@@ -169,39 +171,39 @@ def test_rollback_skips_candidates_that_were_never_promoted(tmp_path, capsys):
 def test_repeated_rollbacks_walk_back_through_promotions(tmp_path):
     for payload in (b"one", b"two", b"three"):
         _publish(tmp_path, payload=payload)
-    assert api.rollback(tmp_path, "demo").version == "v0002"
-    assert api.rollback(tmp_path, "demo").version == "v0001"
-    api.set_latest(tmp_path, "demo", "v0002")
+    assert registry.rollback(tmp_path, "demo").version == "v0002"
+    assert registry.rollback(tmp_path, "demo").version == "v0001"
+    registry.set_latest(tmp_path, "demo", "v0002")
     _publish(tmp_path, payload=b"four")
-    assert api.rollback(tmp_path, "demo").version == "v0002"  # v0003 was rolled back from: not a target
-    api.set_latest(tmp_path, "demo", "v0003")  # promoted again: a target again
+    assert registry.rollback(tmp_path, "demo").version == "v0002"  # v0003 was rolled back from: not a target
+    registry.set_latest(tmp_path, "demo", "v0003")  # promoted again: a target again
     _publish(tmp_path, payload=b"five")
-    assert api.previous_version(tmp_path, "demo") == "v0003"  # v0004 was rolled back from
+    assert registry.previous_version(tmp_path, "demo") == "v0003"  # v0004 was rolled back from
 
 
 def test_a_history_line_torn_by_a_crash_does_not_swallow_the_next(tmp_path):
     for payload in (b"one", b"two", b"three"):
         _publish(tmp_path, payload=payload)
-    assert api.rollback(tmp_path, "demo").version == "v0002"
+    assert registry.rollback(tmp_path, "demo").version == "v0002"
     history = tmp_path / "demo" / "HISTORY"
     history.write_bytes(history.read_bytes()[:-8])  # the rollback line, cut inside its time stamp
     _publish(tmp_path, payload=b"four")
     # both the torn rollback (v0003 is bad) and the promotion of v0004 still count
-    assert api.previous_version(tmp_path, "demo") == "v0002"
+    assert registry.previous_version(tmp_path, "demo") == "v0002"
 
 
 def test_rollback_in_a_registry_from_before_the_history(tmp_path):
     for payload, promote in ((b"one", True), (b"two", False), (b"three", True)):
         _publish(tmp_path, payload=payload, promote=promote)
     (tmp_path / "demo" / "HISTORY").unlink()
-    assert api.previous_version(tmp_path, "demo") == "v0002"  # nothing says v0002 was never promoted
+    assert registry.previous_version(tmp_path, "demo") == "v0002"  # nothing says v0002 was never promoted
     reports = tmp_path / "demo" / "reports"
     reports.mkdir()
     (reports / "v0002.json").write_text(json.dumps({"candidate": "v0002", "promoted": False}))
-    assert api.previous_version(tmp_path, "demo") == "v0001"
+    assert registry.previous_version(tmp_path, "demo") == "v0001"
     _publish(tmp_path, payload=b"four")  # the history starts here, from v0003
-    assert api.rollback(tmp_path, "demo").version == "v0003"
-    assert api.rollback(tmp_path, "demo").version == "v0001"
+    assert registry.rollback(tmp_path, "demo").version == "v0003"
+    assert registry.rollback(tmp_path, "demo").version == "v0001"
 
 
 def test_cli_management_commands(tmp_path, capsys):
@@ -234,7 +236,7 @@ def test_cli_verify_exit_code_without_traceback(tmp_path):
 
 
 def test_bundle_imports_without_torch():
-    code = ("import export, export.bundle, export.runtime, sys; "
+    code = ("import export, export.bundle, export.registry, export.fsutil, export.runtime, sys; "
             "heavy = {'torch', 'transformers', 'sentence_transformers', 'optimum'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
@@ -257,7 +259,7 @@ def test_stale_staging_folders_of_killed_exports_are_swept(tmp_path):
     import os
     import time
 
-    from export.bundle import STALE_STAGING_S, list_versions
+    from export.registry import STALE_STAGING_S
 
     old = new_staging_dir(tmp_path, "demo")
     (old / "model.onnx").write_bytes(b"half written when the export was killed")
@@ -269,3 +271,25 @@ def test_stale_staging_folders_of_killed_exports_are_swept(tmp_path):
     assert not old.exists() and live.exists()
     assert _publish(tmp_path).name == "v0001" and list_versions(tmp_path, "demo") == ["v0001"]
     assert live.exists()  # a fresh staging folder is never taken for stale
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_write_durably_leaves_old_or_new_content(tmp_path, monkeypatch, step):
+    import os
+
+    from export.fsutil import write_durably
+
+    target = tmp_path / "LATEST"
+    write_durably(target, "v0001\n")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, step, crash)
+        with pytest.raises(KeyboardInterrupt):
+            write_durably(target, b"v0002\n")
+    assert target.read_text() == "v0001\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]  # no temp file left behind
+    write_durably(target, b"v0002\n")
+    assert target.read_bytes() == b"v0002\n"

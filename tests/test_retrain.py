@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from export import bundle as registry_api
+from export.bundle import latest_version, open_bundle
 from export.cli import main as export_cli
 from tests.conftest import EXAMPLES
 from training.data import load_qa_data
@@ -46,11 +46,11 @@ def report(reg, version):
 
 def test_first_version_is_published_and_never_trained_on_eval_passages(registry):
     reg, _, split = registry
-    assert registry_api.latest_version(reg, "qa") == "v0001"
+    assert latest_version(reg, "qa") == "v0001"
     first = report(reg, "v0001")
     assert first["promoted"] and first["current"] is None
     assert first["training"]["excluded_eval_passage_pairs"] == len(split.eval)
-    assert registry_api.open_bundle(reg, "qa").manifest["torch"]  # weights to continue from
+    assert open_bundle(reg, "qa").manifest["torch"]  # weights to continue from
 
 
 def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_works(registry, tmp_path):
@@ -64,7 +64,7 @@ def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_work
     second = report(reg, "v0002")
     assert second["promoted"] and second["current"] == "v0001"
     assert second["training"]["started_from"].endswith("v0001/torch")
-    assert registry_api.latest_version(reg, "qa") == "v0002"
+    assert latest_version(reg, "qa") == "v0002"
 
     # A deliberately worse candidate: every question paired with a wrong (shuffled) answer, trained hard.
     train = list(split.train)
@@ -78,10 +78,10 @@ def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_work
     third = report(reg, "v0003")
     assert not third["promoted"], third["reason"]
     assert third["metrics"]["candidate"]["mrr@10"] < third["metrics"]["current"]["mrr@10"] - 0.01
-    assert registry_api.latest_version(reg, "qa") == "v0002"  # the service stays on v0002
+    assert latest_version(reg, "qa") == "v0002"  # the service stays on v0002
 
     assert export_cli(["rollback", "--registry", str(reg), "--name", "qa"]) == 0
-    assert registry_api.latest_version(reg, "qa") == "v0001"
+    assert latest_version(reg, "qa") == "v0001"
 
 
 def test_retrain_without_eval_data_or_base_is_a_clear_error(tmp_path, capsys):

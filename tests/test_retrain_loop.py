@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export import bundle as registry_api
+from export.bundle import latest_version, list_versions, open_bundle
 from export.cli import main as export_cli
 from service.engine import corpus_id
 from tests.conftest import EXAMPLES, ROOT
@@ -52,7 +52,7 @@ def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.2):
 def retrain(reg: Path, *args: str) -> dict:
     t0 = time.monotonic()
     assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", *args]) == 0
-    versions = registry_api.list_versions(reg, "qa")
+    versions = list_versions(reg, "qa")
     report = json.loads((reg / "qa" / "reports" / f"{versions[-1]}.json").read_text())
     print(f"retrain {versions[-1]}: {time.monotonic() - t0:.0f}s, {report['reason']}")
     return report
@@ -104,7 +104,7 @@ def loop(tmp_path_factory):
     reg = root / "registry"
     first = retrain(reg, "--data", DATA, "--eval_data", eval_file,
                     "--base_model", "sentence-transformers/all-MiniLM-L6-v2", *FAST)
-    assert first["promoted"] and registry_api.latest_version(reg, "qa") == "v0001"
+    assert first["promoted"] and latest_version(reg, "qa") == "v0001"
     return root, reg, eval_file, split
 
 
@@ -198,7 +198,7 @@ def test_feedback_retrain_swap_reject_rollback(loop):
 
         # ---- a broken bundle in LATEST: refused, counted, the old one keeps serving, not retried
         shutil.copytree(reg / "qa" / "v0002", reg / "qa" / "v0004")
-        with open(reg / "qa" / "v0004" / registry_api.open_bundle(reg, "qa", "v0002").manifest["tokenizer"], "a") as f:
+        with open(reg / "qa" / "v0004" / open_bundle(reg, "qa", "v0002").manifest["tokenizer"], "a") as f:
             f.write(" ")
         (reg / "qa" / "LATEST").write_text("v0004\n")
         wait_for("the failed reload to be counted", lambda: metric(c, 'qaembed_reloads_total{result="failed"}') == 1)
