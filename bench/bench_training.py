@@ -91,13 +91,13 @@ def run_one(args) -> dict:
     from training.data import QAData
     from training.encoding import SentenceEncoder
     from training.metrics import RetrievalTask, evaluate
-    from training.models import load_model
+    from training.models import load_base_model
 
     records = training_subset(args)
     out_dir = args.work_dir / args.config
     result: dict = {"train_pairs": len(records)}
     if args.config == "base":
-        model = load_model(args.model, "mean", args.max_seq_length, "")
+        model = load_base_model(args.model, "mean", args.max_seq_length, "")
     elif args.config == "plain_st":
         model, result["training"] = plain_st_loop(args, records, out_dir)
     else:
@@ -115,7 +115,7 @@ def run_one(args) -> dict:
         payload = train(config, data, log=lambda *a: print(*a, file=sys.stderr))
         result["training"] = payload["training"]
         result["data"] = payload["data"]
-        model = load_model(str(out_dir))
+        model = load_base_model(str(out_dir))
     encoder = SentenceEncoder(model, 64)
     for name in EVAL_FILES:
         task = RetrievalTask.from_records(load_qa_data([args.data_dir / name]).records)
@@ -131,13 +131,13 @@ def plain_st_loop(args, records, out_dir: Path):
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from training.models import load_model
+    from training.models import load_base_model
     from training.split import split_by_passage
     from training.train import StepTimer, rows_per_step
 
     train_records = split_by_passage(records, 0.9, 42).train
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    model = load_model(args.model, "mean", args.max_seq_length, "")
+    model = load_base_model(args.model, "mean", args.max_seq_length, "")
     dataset = Dataset.from_dict({"anchor": [r.question for r in train_records],
                                  "positive": [r.positive for r in train_records]})
     trainer = SentenceTransformerTrainer(

@@ -8,8 +8,8 @@ so the server needs nothing but a tokenizer and an ONNX session.
 
 Example::
 
-    >>> from export.onnx_export import load_model, model_facts, export_fp32   # doctest: +SKIP
-    >>> model = load_model("path/to/model")                                   # doctest: +SKIP
+    >>> from export.onnx_export import load_for_export, model_facts, export_fp32  # doctest: +SKIP
+    >>> model = load_for_export("path/to/model")                              # doctest: +SKIP
     >>> model_facts(model, "path/to/model")["pooling"]                        # doctest: +SKIP
     'mean'
     >>> export_fp32(model, Path("model.onnx"))                                # doctest: +SKIP
@@ -35,7 +35,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
 
 
-def load_model(model_dir: str, max_seq_length: int | None = None) -> SentenceTransformer:
+def load_for_export(model_dir: str, max_seq_length: int | None = None) -> SentenceTransformer:
     """Load on CPU with eager attention: its traced MatMul/Softmax subgraph is the pattern onnxruntime's
     Attention fusion matches (the SDPA trace happens to fuse too with torch 2.13, but that depends on how
     each torch version decomposes SDPA)."""

@@ -21,9 +21,9 @@ def records(example_data):
 @pytest.fixture(scope="module")
 def encoder(minilm_path):
     from training.encoding import SentenceEncoder
-    from training.models import load_model
+    from training.models import load_base_model
 
-    return SentenceEncoder(load_model(str(minilm_path), "mean", 64, "sorgu: "))
+    return SentenceEncoder(load_base_model(str(minilm_path), "mean", 64, "sorgu: "))
 
 
 def test_passages_are_encoded_plain_even_when_the_model_has_a_document_prompt(minilm_path, tmp_path):
@@ -32,7 +32,7 @@ def test_passages_are_encoded_plain_even_when_the_model_has_a_document_prompt(mi
     from sentence_transformers import SentenceTransformer
 
     from training.encoding import SentenceEncoder
-    from training.models import load_model
+    from training.models import load_base_model
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -41,7 +41,7 @@ def test_passages_are_encoded_plain_even_when_the_model_has_a_document_prompt(mi
             (folder / item.name).symlink_to(item)
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": "document"}))
-    model = load_model(str(folder), "mean", 64)
+    model = load_base_model(str(folder), "mean", 64)
     assert model.prompts == {"query": "query: ", "document": ""}  # what the saved model will say
     encoder = SentenceEncoder(model)
     reference = SentenceTransformer(str(minilm_path), device="cpu")
@@ -120,12 +120,12 @@ def test_margin_filter_skips_near_duplicates_of_the_positive():
 
 
 def test_batches_never_hold_the_same_passage_twice(records, tmp_path, minilm_path):
-    from training.models import load_model
+    from training.models import load_base_model
     from training.train import TrainSettings, build_trainer
 
     # Many questions per passage: a naive sampler would put a passage twice in most batches.
     settings = TrainSettings(epochs=1, batch_size=8, learning_rate=1e-5, warmup_steps=0, seed=0)
-    trainer = build_trainer(load_model(str(minilm_path)), list(records), None, settings, tmp_path / "ckpt")
+    trainer = build_trainer(load_base_model(str(minilm_path)), list(records), None, settings, tmp_path / "ckpt")
     dataset = trainer.train_dataset
     batches = list(trainer.get_train_dataloader().batch_sampler)
     assert sum(len(b) for b in batches) == len(dataset)

@@ -4,9 +4,9 @@ unit-length vectors.
 
 Example::
 
-    >>> from training.models import load_model
+    >>> from training.models import load_base_model
     >>> from training.encoding import SentenceEncoder
-    >>> encoder = SentenceEncoder(load_model("all-MiniLM-L6-v2", "mean", 64))
+    >>> encoder = SentenceEncoder(load_base_model("all-MiniLM-L6-v2", "mean", 64))
     >>> encoder.queries(["Python nedir?"]).shape
     (1, 384)
 """

@@ -5,8 +5,8 @@
 
 Example::
 
-    >>> from training.models import load_model
-    >>> model = load_model("all-MiniLM-L6-v2", pooling_mode="mean", max_seq_length=64)
+    >>> from training.models import load_base_model
+    >>> model = load_base_model("all-MiniLM-L6-v2", pooling_mode="mean", max_seq_length=64)
     >>> model.get_sentence_embedding_dimension()
     384
 """
@@ -38,7 +38,7 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_model(
+def load_base_model(
     name: str,
     pooling_mode: str | None = None,
     max_seq_length: int | None = None,

@@ -20,7 +20,7 @@ from training import report
 from training.data import QAData, QARecord, load_qa_data
 from training.encoding import SentenceEncoder
 from training.metrics import RetrievalTask, evaluate
-from training.models import ModelLoadError, load_model
+from training.models import ModelLoadError, load_base_model
 from training.negatives import NegativeMiner
 from training.split import split_by_passage
 from training.train import TrainSettings, fine_tune
@@ -61,7 +61,7 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
     split = split_by_passage(data.records, config.train_split, config.seed)
     eval_task = RetrievalTask.from_records(split.eval) if split.eval else None
 
-    model = load_model(config.model_name, config.pooling_mode, config.max_seq_length, config.query_instruction)
+    model = load_base_model(config.model_name, config.pooling_mode, config.max_seq_length, config.query_instruction)
     encoder = SentenceEncoder(model, config.batch_size)
     summary = data_summary(data, model.tokenizer, config.max_seq_length)
     summary.update(
@@ -175,13 +175,13 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
     task = RetrievalTask.from_records(data.records)
     config = saved.get("config", {})
     base_name = base_model or config.get("model_name")
-    finetuned = SentenceEncoder(load_model(model_dir))
+    finetuned = SentenceEncoder(load_base_model(model_dir))
     result = {"finetuned": evaluate(task, finetuned.queries, finetuned.passages), "base": None}
     if base_name:
         try:
             # The base model as training configured it: same pooling, length and query instruction.
             base = SentenceEncoder(
-                load_model(base_name, config.get("pooling_mode"), config.get("max_seq_length"),
+                load_base_model(base_name, config.get("pooling_mode"), config.get("max_seq_length"),
                            config.get("query_instruction"))
             )
         except ModelLoadError as error:
