@@ -30,27 +30,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .documents import Document, Hit
+
 Item = tuple[str, str, Mapping[str, object]]  # (id, text, metadata)
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    id: str
-    text: str
-    metadata: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    doc: Document
-    score: float
-
-    def to_json(self) -> dict:
-        return {"id": self.doc.id, "text": self.doc.text, "score": self.score, "metadata": dict(self.doc.metadata)}
 
 
 class DocumentCollection(ABC):

@@ -80,6 +80,28 @@ class ReloadBusy(ServiceError):
     status, type = 409, "reload_in_progress"
 
 
+class StartFailed(ServiceError):
+    """The start failed (``/health``): the replica cannot serve until it is restarted."""
+
+    status, type = 503, "failed"
+
+
+class StorageFailed(ServiceError):
+    """The storage refuses writes until a restart recovers it from the disk (``/health``)."""
+
+    status, type = 503, "storage_failed"
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What :meth:`Engine.embed` returns: unit vectors (float32 ``[n, dim]``) and how they were made."""
+
+    vectors: np.ndarray
+    tokens: int
+    timings: dict  # tokenize_s, queue_s, inference_s
+    model_name: str
+
+
 class Generation:
     """A model and the collection embedded with it, plus the single thread that touches the index."""
 
@@ -379,6 +401,20 @@ class Engine:
                 asyncio.get_running_loop().run_in_executor(None, gen.close)
 
     # ------------------------------------------------------------------ reads
+    async def embed(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
+                    truncation_direction: str = "right", dimensions: int | None = None,
+                    disconnected: Callable[[], Awaitable[object]] | None = None) -> Embedded:
+        """Embed with the current model; ``dimensions`` other than the model's is a 422 (it cannot shorten)."""
+        async with self.use() as gen:
+            if dimensions is not None and dimensions != gen.model.dimension:
+                raise Unprocessable(f"dimensions must be {gen.model.dimension} (this model cannot shorten)")
+            result, tokenize_s = await gen.model.embed(texts, is_query=is_query, truncate=truncate,
+                                                       truncation_direction=truncation_direction,
+                                                       disconnected=disconnected)
+            return Embedded(result.vectors, result.tokens, {"tokenize_s": tokenize_s, "queue_s": result.queue_s,
+                                                            "inference_s": result.inference_s},
+                            gen.model.spec.name)
+
     async def search(self, queries: Sequence[str], top_k: int, where: Mapping | None,
                      disconnected: Callable[[], Awaitable[object]] | None = None) -> tuple[list[list[Hit]], dict]:
         async with self.use() as gen:
@@ -618,8 +654,37 @@ class Engine:
                 log.info("not reloading now: %s", exc.message)
                 acted_on = None
 
-    # ------------------------------------------------------------------ info
-    def info(self) -> dict:
+    # ------------------------------------------------------------------ operations
+    def health(self) -> dict:
+        """Liveness: raises a 503 when only a restart helps (a failed start, a store that refuses writes)."""
+        if self.state == "failed":
+            raise StartFailed(self.error or "start failed")
+        if self.store is not None and self.store.broken:  # a restart recovers from what is on disk
+            raise StorageFailed(self.store.broken)
+        return {"status": "ok", "state": self.state}
+
+    async def readiness(self) -> dict:
+        """Readiness: model loaded and warmed up, index loaded and reachable; else a 503 ``not_ready``."""
+        if not self.ready:
+            message = self.error if self.state == "failed" else f"the service is {self.state}"
+            if self.waiting_for and self.state == "starting":
+                message += f", waiting for {self.waiting_for}"
+            raise NotReady(message)
+        try:
+            async with self.use() as gen:  # a Milvus that went away makes the replica unready
+                await gen.run(gen.collection.check)
+                documents = await gen.run(len, gen.collection)
+        except IndexUnavailable as exc:
+            log.warning("not ready: %s", exc.message)
+            raise NotReady(exc.message) from None
+        return {"status": "ready", "model": gen.model.spec.name, "version": gen.version, "documents": documents}
+
+    async def info(self) -> dict:
+        """What ``/info`` shows (the HTTP layer adds the settings); off the event loop, since a Milvus
+        collection counts its documents remotely."""
+        return await asyncio.to_thread(self._info)
+
+    def _info(self) -> dict:
         s = self.settings
         gen = self.gen
         return {

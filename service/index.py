@@ -41,7 +41,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .collection import Document, DocumentCollection, Hit
+from .collection import DocumentCollection
+from .documents import Document, Hit
 
 log = logging.getLogger("service.index")
 

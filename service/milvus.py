@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from .collection import Document, DocumentCollection, Hit, Item
+from .collection import DocumentCollection, Item
+from .documents import Document, Hit
 from .errors import IndexUnavailable, TooLarge, Unprocessable
 from .settings import Settings
 

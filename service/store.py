@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import fsync_dir
+from export.fsutil import fsync_dir
 
 log = logging.getLogger("service.store")
 

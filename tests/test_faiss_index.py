@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from service.index import Collection, Document, IndexConfig
+from service.documents import Document
+from service.index import Collection, IndexConfig
 
 
 def _unit(rng, n, dim=32):

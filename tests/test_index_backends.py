@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.collection import Document, DocumentCollection
+from service.collection import DocumentCollection
+from service.documents import Document
 from service.errors import IndexUnavailable, Unprocessable
 from service.index import Collection, IndexConfig
 from service.settings import Settings

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from service.index import Document
+from service.documents import Document
 from service.store import DurableStore, StoreError
 from tests.conftest import FailingLog
 
