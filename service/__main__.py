@@ -19,8 +19,8 @@ import sys
 
 import uvicorn
 
-from .app import create_app
 from .auth import is_loopback
+from .http import create_app
 from .settings import Settings, SettingsError
 
 

@@ -1,39 +1,49 @@
-"""Bearer-key authentication: data keys for data routes, a separate admin key for ``/admin``.
+"""Bearer-key authentication: what a request may use, given the access level its route declares.
 
-* No keys configured: data routes are open (local development); admin routes are open only when the
-  server listens on loopback alone (``--host 127.0.0.1``, the default), else refused (403): a container
-  listening on 0.0.0.0 whose key Secret went missing must not hand out reloads and users' queries.
-* ``api_key`` set: every data route needs ``Authorization: Bearer <key>`` (an admin key works too).
-* ``admin_api_key`` set: ``/admin/*`` and ``GET /feedback/export`` (users' queries) need it; if
-  only ``api_key`` is set, admin routes are refused (403) rather than silently guarded by the weaker data key.
-* Open routes: ``/health``, ``/ready``, ``/metrics`` (probes and scrapers carry no secrets),
-  and the OpenAPI docs.
+Each route declares its :class:`Access` next to its definition (:mod:`service.http.routes`); the HTTP
+middleware looks the level up for the matched route and asks :meth:`KeyChecker.check`.
+
+* ``OPEN`` (``/health``, ``/ready``, ``/metrics``, the OpenAPI docs): no key ever (probes and scrapers
+  carry no secrets).
+* ``DATA``: with ``api_key`` set, ``Authorization: Bearer <key>`` (an admin key works too); without it, open
+  (local development).
+* ``ADMIN`` (``/admin/*``, ``GET /feedback/export``, which hands out users' queries): the admin key. If only
+  ``api_key`` is set they are refused (403) rather than silently guarded by the weaker data key. With no
+  keys at all they are open only when the server listens on loopback alone (``--host 127.0.0.1``, the
+  default), else refused (403): a container listening on 0.0.0.0 whose key Secret went missing must not hand
+  out reloads and users' queries.
 
 Keys are compared with :func:`hmac.compare_digest` against every configured key (no early exit)
 and never logged.
 
 Example::
 
-    >>> from service.auth import KeyChecker
+    >>> from service.auth import Access, KeyChecker
     >>> checker = KeyChecker(api_keys=("s3cret",), admin_keys=())
-    >>> checker.check("/embed", "Bearer s3cret") is None
+    >>> checker.check(Access.DATA, "Bearer s3cret") is None
     True
-    >>> checker.check("/embed", "Bearer nope").status
+    >>> checker.check(Access.DATA, "Bearer nope").status
     401
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 import ipaddress
 from collections.abc import Sequence
 
 from .errors import Forbidden, ServiceError, Unauthorized
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                        "/openapi.json"})
-ADMIN_PATHS = frozenset({"/feedback/export"})  # admin routes outside /admin/
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class Access(enum.Enum):
+    """Who may call a route."""
+
+    OPEN = "open"
+    DATA = "data"
+    ADMIN = "admin"
 
 
 def _matches(presented: bytes, keys: Sequence[bytes]) -> bool:
@@ -44,7 +54,7 @@ def _matches(presented: bytes, keys: Sequence[bytes]) -> bool:
 
 
 class KeyChecker:
-    """Decides whether a request with a given ``Authorization`` header may use a path."""
+    """Decides whether a request with a given ``Authorization`` header may use a route of an access level."""
 
     def __init__(self, api_keys: Sequence[str], admin_keys: Sequence[str], loopback_only: bool = False) -> None:
         self._api = [k.encode() for k in api_keys]
@@ -55,13 +65,12 @@ class KeyChecker:
     def enabled(self) -> bool:
         return bool(self._api or self._admin)
 
-    def check(self, path: str, authorization: str | None) -> ServiceError | None:
+    def check(self, access: Access, authorization: str | None) -> ServiceError | None:
         """``None`` when allowed, else the error to answer with (401 or 403)."""
-        if path in OPEN_PATHS:
+        if access is Access.OPEN:
             return None
         token = _bearer(authorization)
-        admin_route = path == "/admin" or path.startswith("/admin/") or path in ADMIN_PATHS
-        if admin_route:
+        if access is Access.ADMIN:
             if not self._admin:
                 if not self.enabled and self._loopback_only:
                     return None

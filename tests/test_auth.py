@@ -1,28 +1,74 @@
-"""API keys: which routes need which key, loopback-only admin without keys."""
+"""API keys: which access level needs which key, where the routes declare theirs, loopback-only admin without
+keys."""
 
 from __future__ import annotations
 
-from service.auth import KeyChecker, is_loopback
+import asyncio
+
+import httpx
+import pytest
+
+from service.auth import Access, KeyChecker, is_loopback
+from service.http import app as http_app
+from service.http.routes import ROUTE_ACCESS, unrouted_access
+from service.settings import Settings
+
+DATA, ADMIN, OPEN = Access.DATA, Access.ADMIN, Access.OPEN
 
 
-def test_auth_rules():
+def test_key_rules():
     # no keys: data routes open; admin routes only when the server listens on loopback alone
     local = KeyChecker((), (), loopback_only=True)
-    assert local.check("/embed", None) is None and local.check("/admin/reload", None) is None
+    assert local.check(DATA, None) is None and local.check(ADMIN, None) is None
     exposed = KeyChecker((), (), loopback_only=False)
-    assert exposed.check("/embed", None) is None
-    assert exposed.check("/admin/reload", None).status == 403 and exposed.check("/feedback/export", None).status == 403
+    assert exposed.check(DATA, None) is None and exposed.check(ADMIN, None).status == 403
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "10.0.0.7", "qaembed")] == \
         [True, True, True, False, False, False, False]
     c = KeyChecker(("data",), ("admin",))
-    assert c.check("/health", None) is None and c.check("/metrics", None) is None
-    assert c.check("/embed", None).status == 401
-    assert c.check("/embed", "Bearer wrong").status == 401
-    assert c.check("/embed", "Basic data").status == 401
-    assert c.check("/embed", "Bearer data") is None
-    assert c.check("/embed", "bearer admin") is None  # admin key is a superset
-    assert c.check("/admin/reload", "Bearer data").status == 401
-    assert c.check("/admin/reload", "Bearer admin") is None
-    assert KeyChecker(("data",), ()).check("/admin/reload", "Bearer data").status == 403
+    assert c.check(OPEN, None) is None and c.check(OPEN, "Bearer wrong") is None
+    assert c.check(DATA, None).status == 401
+    assert c.check(DATA, "Bearer wrong").status == 401
+    assert c.check(DATA, "Basic data").status == 401
+    assert c.check(DATA, "Bearer data") is None
+    assert c.check(DATA, "bearer admin") is None  # admin key is a superset
+    assert c.check(ADMIN, "Bearer data").status == 401
+    assert c.check(ADMIN, "Bearer admin") is None
+    assert KeyChecker(("data",), ()).check(ADMIN, "Bearer data").status == 403
+    # a second data key works as well as the first, an admin-only configuration leaves data routes open
+    assert KeyChecker(("one", "two"), ()).check(DATA, "Bearer two") is None
+    assert KeyChecker((), ("admin",)).check(DATA, None) is None
 
 
+def test_routes_declare_their_access():
+    assert {p for p, a in ROUTE_ACCESS.items() if a is OPEN} == {"/health", "/ready", "/metrics"}
+    # /feedback/export hands out users' queries: admin, though it is not under /admin
+    assert {p for p, a in ROUTE_ACCESS.items() if a is ADMIN} == {"/admin/reload", "/feedback/export"}
+    assert ROUTE_ACCESS["/feedback"] is DATA and ROUTE_ACCESS["/documents/{doc_id}"] is DATA
+    # a path no route matches: under /admin it asks for the admin key before it is a 404
+    assert [unrouted_access(p) for p in ("/admin", "/admin/", "/admin/nope", "/administrator", "/nope")] == \
+        [ADMIN, ADMIN, ADMIN, DATA, DATA]
+
+
+def test_the_middleware_checks_the_level_of_the_matched_route():
+    """Refusals come before the route runs: no model is loaded here (the lifespan never starts)."""
+    app = http_app.create_app(Settings.build(registry="r", name="m", api_key="data", admin_api_key="admin"))
+
+    async def status(method: str, path: str, key: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            return (await c.request(method, path, headers=headers)).status_code
+
+    async def run() -> list[int]:
+        return [await status("GET", "/feedback/export", "data"), await status("GET", "/admin/reload", "data"),
+                await status("POST", "/embed"), await status("GET", "/documents/x"),
+                await status("GET", "/admin/nope", "data"), await status("GET", "/admin/nope", "admin"),
+                await status("GET", "/nope"), await status("GET", "/nope", "data"),
+                await status("GET", "/openapi.json"), await status("GET", "/metrics")]
+
+    assert asyncio.run(run()) == [401, 401, 401, 401, 401, 404, 401, 404, 200, 200]
+
+
+def test_a_route_without_a_declared_access_is_not_served(monkeypatch):
+    monkeypatch.setattr(http_app, "add_routes", lambda app: app.add_api_route("/secret", lambda: {}))
+    with pytest.raises(RuntimeError, match="/secret"):
+        http_app.create_app(Settings.build(registry="r", name="m"))

@@ -1,0 +1,95 @@
+"""The ASGI middleware in front of every route: API keys, the request body limit, request metrics.
+
+It is pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, so ``receive`` stays intact and a route can
+notice that its client went away. Per request, in this order:
+
+1. the key check for the access level the matched route declares (401/403, before any body is read);
+2. for POST/PUT/PATCH, the body limit: a declared ``content-length`` over it is refused at once (413), a
+   streamed body as soon as it grows past it; the body read is then replayed to the app. A client that
+   leaves mid-upload is counted as 499 (its failure, not ours) and nothing is answered;
+3. ``qaembed_requests_total`` and ``qaembed_request_duration_seconds`` by route template (never the raw
+   path: ids would blow up the label set), and ``qaembed_request_errors_total`` for what it refuses itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..auth import Access, KeyChecker
+from ..metrics import ServiceMetrics
+from .errors import error_response
+
+# scope -> (the matched route's template, or "unmatched"; the access level that route declares)
+Classify = Callable[[dict], tuple[str, Access]]
+
+
+class ServiceMiddleware:
+    """Auth, body limit and request metrics around the app (see the module docstring)."""
+
+    def __init__(self, app, *, checker: KeyChecker, metrics: ServiceMetrics, max_body: int,
+                 classify: Classify) -> None:
+        self.app, self.checker, self.metrics, self.max_body, self.classify = app, checker, metrics, max_body, classify
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route, access = self.classify(scope)
+        status = [500]
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        async def reject(code: int, type_: str, message: str, headers: dict | None = None) -> None:
+            self.metrics.request_errors.labels(route, type_).inc()
+            await error_response(code, type_, message, headers)(scope, receive, send_wrapper)
+
+        try:
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization")
+            error = self.checker.check(access, auth.decode("latin-1") if auth else None)
+            if error is not None:
+                await reject(error.status, error.type, error.message, error.headers)
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                declared = headers.get(b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                    await reject(413, "payload_too_large",
+                                 f"request body of {int(declared)} bytes exceeds the limit of {self.max_body}")
+                    return
+                chunks, size = [], 0
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":  # the client left mid-upload: not our failure
+                        status[0] = 499
+                        self.metrics.request_errors.labels(route, "client_closed_request").inc()
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        await reject(413, "payload_too_large",
+                                     f"request body exceeds the limit of {self.max_body} bytes")
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+                body = b"".join(chunks)
+                replayed = False
+
+                async def replay():
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)
