@@ -3,7 +3,7 @@
 Renders every overlay with `kubectl kustomize`, validates them with `kubernetes-validate --strict`
 against current Kubernetes versions, checks the wiring between objects (selectors, names, claims,
 settings) and the security posture, and lints both Dockerfiles with hadolint. The tools are
-installed by `make test` (mk/containers.mk); missing ones fail under CI=true and skip otherwise.
+installed by `make test` (mk/containers.mk); a missing one fails the test (tests/conftest.py `tool`).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import tool
-
-yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -88,7 +88,7 @@ def test_strict_validation_catches_a_misspelled_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(deploy))
     out = run([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], "--quiet", str(path)])
-    assert out.returncode != 0
+    assert out.returncode != 0 and "'paht' was unexpected" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_example_secret_is_valid_and_not_deployed(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_example_secret_is_valid_and_not_deployed(tmp_path: Path) -> None:
     out = run([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[0], "--quiet", str(example)])
     assert out.returncode == 0, out.stdout + out.stderr
     secret = yaml.safe_load(example.read_text())
-    assert all(v.startswith("CHANGE-ME") for v in secret["stringData"].values())
+    assert secret["stringData"] and all(v.startswith("CHANGE-ME") for v in secret["stringData"].values())
     for overlay in OVERLAYS:
         assert not [d for d in rendered(overlay)[1] if d["kind"] == "Secret"], "no secret may be rendered"
 
@@ -115,7 +115,7 @@ def test_objects_reference_each_other(overlay: str) -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     port_names = {p["name"] for p in container["ports"]}
-    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    assert service["spec"]["ports"] and {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
 
     pdb = find(docs, "PodDisruptionBudget", "qaembed-serve")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -135,6 +135,7 @@ def test_objects_reference_each_other(overlay: str) -> None:
 
     sm = find(docs, "ServiceMonitor", "qaembed")
     assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"]
     assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     assert all(e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
     annotations = deploy["spec"]["template"]["metadata"]["annotations"]
@@ -221,7 +222,8 @@ def test_gpu_overlay_asks_for_gpus() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_serving_configmap_is_valid_service_settings(overlay: str) -> None:
     """Every QAEMBED_* key the Deployment gets must be a real `python -m service` setting."""
-    settings = pytest.importorskip("service.settings")
+    from service import settings
+
     _, docs = rendered(overlay)
     deploy = find(docs, "Deployment", "qaembed-serve")
     c = deploy["spec"]["template"]["spec"]["containers"][0]
@@ -289,9 +291,9 @@ def test_single_overlay_keeps_state_on_a_volume() -> None:
 
 def test_training_jobs_run_train_and_export() -> None:
     _, docs = rendered("cpu")
-    for where, template in pod_templates(docs).items():
-        if where.startswith("Deployment"):
-            continue
+    jobs = {where: t for where, t in pod_templates(docs).items() if not where.startswith("Deployment")}
+    assert set(jobs) == {"CronJob/qaembed-train", "CronJob/qaembed-retrain"}
+    for template in jobs.values():
         c = template["spec"]["containers"][0]
         assert template["spec"]["restartPolicy"] == "Never"
         cm = find(docs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
@@ -314,8 +316,13 @@ def test_retraining_cronjob_runs_the_promotion_gate_pipeline(overlay: str) -> No
     _, docs = rendered(overlay)
     pod = find(docs, "CronJob", "qaembed-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     train = pod["containers"][0]
-    assert train["command"][-3:] == ["-m", "export", "retrain"]
+    assert train["command"][-3:] == ["python", "-m", "retrain"]
     args = dict(a.split("=", 1) for a in train["args"])
+    # the image's command takes these flags (its --help, run from this checkout)
+    python = train["command"].index("python")
+    usage = run([sys.executable, *train["command"][python + 1:], "--help"], cwd=ROOT)
+    assert usage.returncode == 0, usage.stderr
+    assert not [flag for flag in args if not re.search(rf"{flag}\b", usage.stdout)], usage.stdout
     cm = find(docs, "ConfigMap", train["envFrom"][0]["configMapRef"]["name"])["data"]
     # every $(VAR) in the arguments is defined, so Kubernetes expands it instead of passing it literally
     for value in args.values():
@@ -335,6 +342,13 @@ def test_retraining_cronjob_runs_the_promotion_gate_pipeline(overlay: str) -> No
 def test_hadolint(dockerfile: str) -> None:
     out = run([tool("hadolint"), str(ROOT / dockerfile)])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_catches_an_unpinned_image(tmp_path: Path) -> None:
+    """Guards the check itself: hadolint must reject what the Dockerfiles avoid."""
+    (tmp_path / "Dockerfile").write_text("FROM debian:latest\nRUN apt-get update && apt-get install -y curl\n")
+    out = run([tool("hadolint"), "--no-color", str(tmp_path / "Dockerfile")], cwd=tmp_path)
+    assert out.returncode != 0 and "DL3007" in out.stdout and "DL3008" in out.stdout, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.serve", "Dockerfile.train"])
@@ -368,6 +382,7 @@ def test_dockerignore_keeps_context_small() -> None:
         for line in (ROOT / dockerfile).read_text().splitlines():
             if line.startswith("COPY") and "--from=" not in line:
                 copied |= {p.rstrip("/").split("/")[0] for p in line.split()[1:-1] if not p.startswith("--")}
+    assert {"pyproject.toml", "training", "export", "service"} <= copied
     assert copied <= allowed, copied - allowed
     assert not {"examples", "models", "registry", ".venv", "tests"} & allowed
 
