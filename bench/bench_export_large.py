@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from proc_stats import memory_mb  # noqa: E402  (bench/, next to this script)
 
-from training.presets import BGE_QUERY_INSTRUCTION  # noqa: E402
+from training.config import BGE_QUERY_INSTRUCTION  # noqa: E402
 
 # BAAI/bge-m3's config.json, as published.
 BGE_M3 = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,

@@ -17,7 +17,7 @@ The data has no explicit negatives, so there is no "explicit negatives" row.
 Writes ``docs/benchmarks/training.md`` and ``docs/benchmarks/training.png`` (``--report NAME`` for
 another name, e.g. a GPU run; ``--model`` for another base model).
 
-Samples/s count the training steps only (:class:`training.train.StepTimer`, the same timer for both
+Samples/s count the training steps only (:class:`training.finetune.StepTimer`, the same timer for both
 loops), so the per-epoch evaluation and checkpoint saves of the product do not weigh on the ratio.
 """
 
@@ -101,18 +101,17 @@ def run_one(args) -> dict:
     elif args.config == "plain_st":
         model, result["training"] = plain_st_loop(args, records, out_dir)
     else:
-        from training.pipeline import RunConfig, train
+        from training.config import TrainingConfig
+        from training.pipeline import run_training
 
-        config = RunConfig(
-            preset="turkish-bert", model_name=args.model, output_dir=str(out_dir), epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-            max_seq_length=args.max_seq_length, train_split=0.9, hard_negatives=args.config == "auto_mined",
-            num_negatives=3, pooling_mode="mean", query_instruction="", loss="mnrl", mini_batch_size=32, seed=42,
-            negatives_range_min=0, negatives_range_max=100, negatives_margin=0.05,
+        config = TrainingConfig(
+            model_name=args.model, output_dir=str(out_dir), epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, max_seq_length=args.max_seq_length,
+            train_split=0.9, hard_negatives=args.config == "auto_mined",
         )
         data = QAData(records=tuple(records), duplicates_dropped=0,
                       sources=tuple(str(args.data_dir / n) for n in TRAIN_FILES))
-        payload = train(config, data, log=lambda *a: print(*a, file=sys.stderr))
+        payload = run_training(config, data, log=lambda *a: print(*a, file=sys.stderr))
         result["training"] = payload["training"]
         result["data"] = payload["data"]
         model = load_base_model(str(out_dir))
@@ -131,9 +130,9 @@ def plain_st_loop(args, records, out_dir: Path):
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+    from training.finetune import StepTimer, rows_per_step
     from training.models import load_base_model
     from training.split import split_by_passage
-    from training.train import StepTimer, rows_per_step
 
     train_records = split_by_passage(records, 0.9, 42).train
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

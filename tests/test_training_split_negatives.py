@@ -120,12 +120,13 @@ def test_margin_filter_skips_near_duplicates_of_the_positive():
 
 
 def test_batches_never_hold_the_same_passage_twice(records, tmp_path, minilm_path):
+    from training.config import TrainingConfig
+    from training.finetune import build_trainer
     from training.models import load_base_model
-    from training.train import TrainSettings, build_trainer
 
     # Many questions per passage: a naive sampler would put a passage twice in most batches.
-    settings = TrainSettings(epochs=1, batch_size=8, learning_rate=1e-5, warmup_steps=0, seed=0)
-    trainer = build_trainer(load_base_model(str(minilm_path)), list(records), None, settings, tmp_path / "ckpt")
+    config = TrainingConfig(epochs=1, batch_size=8, learning_rate=1e-5, warmup_steps=0, seed=0)
+    trainer = build_trainer(load_base_model(str(minilm_path)), list(records), None, config, tmp_path / "ckpt")
     dataset = trainer.train_dataset
     batches = list(trainer.get_train_dataloader().batch_sampler)
     assert sum(len(b) for b in batches) == len(dataset)
@@ -200,8 +201,8 @@ def test_real_model_beats_chance_on_examples(records, encoder):
 
 
 def test_every_question_gets_the_full_count_when_its_window_is_empty():
+    from training.finetune import to_dataset
     from training.negatives import NegativeMiner
-    from training.train import to_dataset
 
     # "hard" ranks its positive last: every passage in the window [0, 2) scores above the margin ceiling,
     # so its negatives come from below the window, and "lonely" (only its own passage and one other is

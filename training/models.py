@@ -18,11 +18,12 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
+from training.config import POOLING_MODES
+
 BUNDLED_MODEL_ALIASES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 BUNDLED_MODEL_HINT = (
     "use a local model folder, or the bundled offline model: --model_name sentence-transformers/all-MiniLM-L6-v2"
 )
-POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 
 
 class ModelLoadError(ValueError):

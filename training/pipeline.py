@@ -11,49 +11,26 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from training import report
+from training.config import TrainingConfig
 from training.data import QAData, QARecord, load_qa_data
 from training.encoding import SentenceEncoder
+from training.finetune import fine_tune
 from training.metrics import RetrievalTask, evaluate
 from training.models import ModelLoadError, load_base_model
 from training.negatives import NegativeMiner
 from training.split import split_by_passage
-from training.train import TrainSettings, fine_tune
 
 EVAL_DATA_FILE = "eval_data.jsonl"  # the held-out split, in the guide's JSONL format
 MODEL_FOLDER_FILES = ("metrics.json", "config_sentence_transformers.json")  # every finished run writes both
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    preset: str
-    model_name: str
-    output_dir: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    max_seq_length: int
-    train_split: float
-    hard_negatives: bool
-    num_negatives: int
-    pooling_mode: str
-    query_instruction: str
-    loss: str
-    mini_batch_size: int
-    seed: int
-    negatives_range_min: int
-    negatives_range_max: int
-    negatives_margin: float
-    resume: bool = False
-
-
-def train(config: RunConfig, data: QAData, log=print) -> dict:
+def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
     """Run the whole job and return the ``metrics.json`` payload (also written to ``output_dir``)."""
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)
@@ -77,18 +54,7 @@ def train(config: RunConfig, data: QAData, log=print) -> dict:
     train_records = _with_negatives(split.train, config, encoder, log)
     summary["negatives_per_question"] = min((len(r.negatives) for r in train_records), default=0)
 
-    settings = TrainSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        seed=config.seed,
-        loss=config.loss,
-        mini_batch_size=config.mini_batch_size,
-        query_instruction=config.query_instruction,
-        resume=config.resume,
-    )
-    result = fine_tune(model, train_records, eval_task, settings, work_dir / "checkpoints")
+    result = fine_tune(model, train_records, eval_task, config, work_dir / "checkpoints")
     if result.rows_per_step < 0.9 * config.batch_size:
         log(f"note: batches held {result.rows_per_step} rows on average, not {config.batch_size}: a question's passage "
             "appears once per batch and never as another row's negative, and this data has few passages for its "
@@ -197,7 +163,7 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
     return result
 
 
-def _with_negatives(records, config: RunConfig, encoder: SentenceEncoder, log) -> list[QARecord]:
+def _with_negatives(records, config: TrainingConfig, encoder: SentenceEncoder, log) -> list[QARecord]:
     if not config.hard_negatives:
         log("Negatives: in-batch only (--no_hard_negatives)")
         return [QARecord(r.question, r.positive, (), r.origin) for r in records]

@@ -46,7 +46,7 @@ class PassageBalancedBatchSampler(DefaultBatchSampler):
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         columns = [dataset[name] for name in dataset.column_names if name not in (valid_label_columns or ())]
-        rows = list(zip(*columns))  # training.train.to_dataset: anchor, positive, negative_1..K
+        rows = list(zip(*columns))  # training.finetune.to_dataset: anchor, positive, negative_1..K
         self._keys = [frozenset(row[:2]) for row in rows]  # the question and its passage
         self._negatives = [frozenset(row[2:]) for row in rows]
         self._in_batch_only = len(columns) <= 2  # anchor and positive: no negative of its own

@@ -32,6 +32,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from training.config import LOSSES, TrainingConfig
 from training.data import QARecord
 from training.encoding import SentenceEncoder
 from training.metrics import RetrievalTask, evaluate
@@ -39,20 +40,6 @@ from training.sampler import PassageBalancedBatchSampler
 
 EVALUATOR_NAME = "qa"
 BEST_METRIC = f"eval_{EVALUATOR_NAME}_mrr@10"
-LOSSES = ("mnrl", "cached_mnrl")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    loss: str = "mnrl"
-    mini_batch_size: int = 32
-    query_instruction: str = ""
-    resume: bool = False
 
 
 class TrainingError(ValueError):
@@ -139,38 +126,38 @@ def build_trainer(
     model: SentenceTransformer,
     train_records: list[QARecord],
     eval_task: RetrievalTask | None,
-    settings: TrainSettings,
+    config: TrainingConfig,
     checkpoint_dir: Path,
 ) -> SentenceTransformerTrainer:
     """The configured trainer; checkpoints go to ``checkpoint_dir``."""
     dataset = to_dataset(train_records)
     evaluate_each_epoch = eval_task is not None and len(eval_task.queries) > 0
-    steps_per_epoch = max(1, -(-len(dataset) // settings.batch_size))
-    if settings.warmup_steps >= steps_per_epoch * settings.epochs:
+    steps_per_epoch = max(1, -(-len(dataset) // config.batch_size))
+    if config.warmup_steps >= steps_per_epoch * config.epochs:
         print(
-            f"note: warmup_steps {settings.warmup_steps} ≥ {steps_per_epoch * settings.epochs} training steps: "
+            f"note: warmup_steps {config.warmup_steps} ≥ {steps_per_epoch * config.epochs} training steps: "
             "the learning rate never reaches its peak (lower --warmup_steps for small data)"
         )
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_steps,
-        seed=settings.seed,
-        data_seed=settings.seed,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        data_seed=config.seed,
         batch_sampler=PassageBalancedBatchSampler,
-        prompts={"anchor": settings.query_instruction} if settings.query_instruction else None,
+        prompts={"anchor": config.query_instruction} if config.query_instruction else None,
         eval_strategy="epoch" if evaluate_each_epoch else "no",
         save_strategy="epoch",
         save_total_limit=2,
         load_best_model_at_end=evaluate_each_epoch,
         metric_for_best_model=BEST_METRIC if evaluate_each_epoch else None,
         greater_is_better=True,
-        logging_steps=max(1, steps_per_epoch * settings.epochs // 25),
+        logging_steps=max(1, steps_per_epoch * config.epochs // 25),
         fp16=cuda and not bf16,
         bf16=bf16,
         dataloader_pin_memory=cuda,  # pinning needs a GPU; on CPU it only prints a warning per epoch
@@ -179,20 +166,20 @@ def build_trainer(
     # Under torchrun the arguments set up the process group; gathering makes every GPU's passages
     # negatives for every question (world_size × batch_size in-batch negatives).
     distributed = args.world_size > 1
-    if settings.loss == "cached_mnrl":
+    if config.loss == "cached_mnrl":
         loss = CachedMultipleNegativesRankingLoss(
-            model, mini_batch_size=settings.mini_batch_size, gather_across_devices=distributed
+            model, mini_batch_size=config.mini_batch_size, gather_across_devices=distributed
         )
-    elif settings.loss == "mnrl":
+    elif config.loss == "mnrl":
         loss = MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
     else:
-        raise ValueError(f"unknown loss {settings.loss!r}; choose one of {', '.join(LOSSES)}")
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     return SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         loss=loss,
-        evaluator=RetrievalEvaluator(eval_task, settings.batch_size) if evaluate_each_epoch else None,
+        evaluator=RetrievalEvaluator(eval_task, config.batch_size) if evaluate_each_epoch else None,
     )
 
 
@@ -200,20 +187,20 @@ def fine_tune(
     model: SentenceTransformer,
     train_records: list[QARecord],
     eval_task: RetrievalTask | None,
-    settings: TrainSettings,
+    config: TrainingConfig,
     checkpoint_dir: Path,
 ) -> TrainResult:
-    """Train ``model`` in place (``settings.resume`` continues from the last checkpoint)."""
-    trainer = build_trainer(model, train_records, eval_task, settings, checkpoint_dir)
+    """Train ``model`` in place (``config.resume`` continues from the last checkpoint)."""
+    trainer = build_trainer(model, train_records, eval_task, config, checkpoint_dir)
     timer = StepTimer()
     trainer.add_callback(timer)
-    resume_from = get_last_checkpoint(str(checkpoint_dir)) if settings.resume and checkpoint_dir.is_dir() else None
+    resume_from = get_last_checkpoint(str(checkpoint_dir)) if config.resume and checkpoint_dir.is_dir() else None
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
     if trainer.state.global_step == 0:
         raise TrainingError(
-            f"no training step was taken: no batch of {settings.batch_size} rows could be formed from "
+            f"no training step was taken: no batch of {config.batch_size} rows could be formed from "
             f"{len(train_records)} rows with {len(trainer.train_dataset.column_names) - 2} negatives each "
             "(a question's passage appears once per batch and never as another row's negative; under torchrun "
             "incomplete batches are dropped). Lower --batch_size or --num_negatives, or add data."
