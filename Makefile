@@ -27,7 +27,7 @@ test: install $(TEST_TOOLS)
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check training export service tests bench
+	$(VENV)/bin/ruff check training export retrain service tests bench
 
 demo: install
 	PY=$(PY) DEMO_DIR=$(DEMO_DIR) scripts/demo.sh

@@ -9,6 +9,7 @@ Usage::
     python -m export verify   BUNDLE_DIR
     python -m export promote  --registry REG --name NAME --version V
     python -m export rollback --registry REG --name NAME
+    python -m export retrain  ...   the same as ``python -m retrain ...`` (:mod:`retrain.cli`)
 
 A publish prints the new version folder on its last line. User errors (bad input, failed gate,
 tampered bundle) print one ``error: ...`` line on stderr and exit 1; usage errors exit 2.
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from export import registry
 from export.bundle import (
@@ -135,46 +136,9 @@ def _manage(argv: list[str]) -> int:
 
 
 def _retrain(argv: list[str]) -> int:
-    from export.retrain import RetrainConfig, retrain  # torch: only for a retrain
-
-    parser = argparse.ArgumentParser(
-        prog="python -m export retrain",
-        description="Train a candidate on data + feedback, export it, and promote it only if it passes the gate.",
-    )
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--data", nargs="+", required=True,
-                        help="training data files or folders (the original Q&A data)")
-    parser.add_argument("--feedback", nargs="*", default=[],
-                        help="feedback exported in the training formats: files or folders; empty ones are skipped")
-    parser.add_argument("--feedback_url",
-                        help="fetch feedback from a running service's GET /feedback/export "
-                             "(admin key from QAEMBED_ADMIN_API_KEY)")
-    parser.add_argument("--eval_data", nargs="+", required=True,
-                        help="the fixed evaluation set of the gate (files or folders)")
-    parser.add_argument("--from", dest="start", choices=("current", "base"), default="current",
-                        help="continue from the published model's weights, or start over from the base model")
-    parser.add_argument("--base_model", help="base model (default: the published bundle's)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="MRR@10 the candidate may lose against the current model and still be promoted")
-    parser.add_argument("--variants", default="onnx,onnx-optimized,int8", help="variants to export")
-    parser.add_argument("--variant", default="int8", help="variant the gate evaluates (what the service serves)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
-    parser.add_argument("--warmup_steps", type=int, default=10)
-    parser.add_argument("--max_seq_length", type=int)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--report", help="also write the decision report (JSON) here")
-    args = vars(parser.parse_args(argv))
-    report_path = args.pop("report")
-    args["variants"] = tuple(args["variants"].split(","))
-    report = retrain(RetrainConfig(**args))
-    if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    # A rejection is a normal outcome (exit 0): the report says what was decided and why.
-    print(open_bundle(args["registry"], args["name"], report["candidate"]).path)
-    return 0
+    # Retraining is its own stage above export (retrain/): run it as a program, never import it, so export
+    # keeps depending on nothing above it. Same flags, output and exit status as `python -m retrain`.
+    return subprocess.run([sys.executable, "-m", RETRAIN, *argv], check=False).returncode
 
 
 def _latest_or_none(registry: str, name: str) -> str | None:

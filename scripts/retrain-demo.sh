@@ -42,7 +42,7 @@ with open(f"{out}/users.tsv", "w", encoding="utf-8") as f:
 PY
 
 echo "== 1/6 publishing v0001 (base model fine-tuned on $DATA)"
-"$PY" -m export retrain --registry "$REGISTRY" --name "$NAME" --data "$DATA" \
+"$PY" -m retrain --registry "$REGISTRY" --name "$NAME" --data "$DATA" \
   --eval_data "$DEMO_DIR/fixed_eval.jsonl" --base_model sentence-transformers/all-MiniLM-L6-v2 "${FAST[@]}"
 
 echo "== 2/6 serving $NAME on $URL (checks LATEST every second)"
@@ -78,7 +78,7 @@ echo "$(wc -l < "$DEMO_DIR/feedback.jsonl") training records, e.g.:"
 head -c 400 "$DEMO_DIR/feedback.jsonl"; echo " ..."
 
 echo "== 5/6 retraining on data + feedback; promotion gate on the fixed evaluation set"
-"$PY" -m export retrain --registry "$REGISTRY" --name "$NAME" --data "$DATA" --feedback "$DEMO_DIR/feedback.jsonl" \
+"$PY" -m retrain --registry "$REGISTRY" --name "$NAME" --data "$DATA" --feedback "$DEMO_DIR/feedback.jsonl" \
   --eval_data "$DEMO_DIR/fixed_eval.jsonl" --tolerance 0.02 "${FAST[@]}"
 "$PY" - "$REGISTRY/$NAME/reports" <<'PY'
 import json, pathlib, sys

@@ -1,16 +1,19 @@
-"""`python -m export retrain`: the promotion gate promotes a fair candidate, rejects a worse one,
+"""`python -m retrain`: the promotion gate promotes a fair candidate, rejects a worse one,
 and rollback returns to the previous version. Real training, real export, real ONNX evaluation."""
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
 from export.bundle import latest_version, open_bundle
 from export.cli import main as export_cli
-from tests.conftest import EXAMPLES
+from retrain.cli import main as retrain_cli
+from tests.conftest import EXAMPLES, ROOT
 from training.data import load_qa_data
 from training.split import split_by_passage
 
@@ -33,7 +36,7 @@ def registry(tmp_path_factory):
     split = split_by_passage(records, 0.75, seed=3)
     eval_file = write_jsonl(root / "fixed_eval.jsonl", [(r.question, r.positive) for r in split.eval])
     reg = root / "registry"
-    code = export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data",
+    code = retrain_cli(["--registry", str(reg), "--name", "qa", "--data",
                        str(EXAMPLES / "example_qa_data.json"), "--eval_data", eval_file,
                        "--base_model", "sentence-transformers/all-MiniLM-L6-v2", *FAST])
     assert code == 0
@@ -58,7 +61,7 @@ def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_work
     # Feedback: users' own wordings of questions about training passages.
     feedback = write_jsonl(tmp_path / "feedback.jsonl",
                            [(f"Şunu merak ediyorum: {r.question}", r.positive) for r in split.train[:20]])
-    assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data",
+    assert retrain_cli(["--registry", str(reg), "--name", "qa", "--data",
                        str(EXAMPLES / "example_qa_data.json"), "--feedback", feedback, "--eval_data", eval_file,
                        "--tolerance", "0.02", *FAST]) == 0
     second = report(reg, "v0002")
@@ -71,7 +74,7 @@ def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_work
     answers = [r.positive for r in train]
     random.Random(0).shuffle(answers)
     shuffled = write_jsonl(tmp_path / "shuffled.jsonl", [(r.question, a) for r, a in zip(train, answers)])
-    assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", "--data", shuffled,
+    assert retrain_cli(["--registry", str(reg), "--name", "qa", "--data", shuffled,
                        "--eval_data", eval_file, "--from", "current", "--epochs", "4", "--learning_rate", "3e-4",
                        "--warmup_steps", "0", "--max_seq_length", "48", "--tolerance", "0.01",
                        "--variants", "onnx", "--variant", "onnx"]) == 0
@@ -85,18 +88,33 @@ def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_work
 
 
 def test_retrain_without_eval_data_or_base_is_a_clear_error(tmp_path, capsys):
-    code = export_cli(["retrain", "--registry", str(tmp_path), "--name", "qa", "--data",
+    code = retrain_cli(["--registry", str(tmp_path), "--name", "qa", "--data",
                        str(EXAMPLES / "example_qa_data.json"), "--eval_data", str(tmp_path / "missing.jsonl")])
     assert code == 1
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_export_retrain_is_an_alias_of_python_m_retrain(tmp_path):
+    """Old invocations (``python -m export retrain``: CronJobs, scripts) run the retrain stage unchanged."""
+    missing = str(tmp_path / "missing.jsonl")
+    args = ["--registry", str(tmp_path), "--name", "qa", "--data", str(EXAMPLES / "example_qa_data.json"),
+            "--eval_data", missing]
+    for command in (["retrain"], ["export", "retrain"]):
+        proc = subprocess.run([sys.executable, "-m", *command, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+        assert proc.stderr.strip() == f"error: --eval_data: {missing}: file not found"
+    proc = subprocess.run([sys.executable, "-m", "export", "retrain", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m retrain")
+    assert "--feedback_url" in proc.stdout and "--tolerance" in proc.stdout
 
 
 def test_feedback_url_fetches_and_explains_http_failures(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from export.errors import ExportError
-    from export.retrain import fetch_feedback
+    from retrain.pipeline import RetrainError, fetch_feedback
 
     rows = '{"question": "q", "positive": "p", "negatives": ["n"]}\n'
 
@@ -116,7 +134,7 @@ def test_feedback_url_fetches_and_explains_http_failures(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         monkeypatch.delenv("QAEMBED_ADMIN_API_KEY", raising=False)
-        with pytest.raises(ExportError, match="HTTP 401.*QAEMBED_ADMIN_API_KEY"):
+        with pytest.raises(RetrainError, match="HTTP 401.*QAEMBED_ADMIN_API_KEY"):
             fetch_feedback(url + "/feedback/export", tmp_path / "f.jsonl", log=lambda _: None)
         monkeypatch.setenv("QAEMBED_ADMIN_API_KEY", "admin-key")
         assert fetch_feedback(url + "/feedback/export", tmp_path / "f.jsonl", log=lambda _: None) == [
@@ -125,5 +143,5 @@ def test_feedback_url_fetches_and_explains_http_failures(tmp_path, monkeypatch):
         assert fetch_feedback(url + "/none-yet", tmp_path / "g.jsonl", log=lambda _: None) == []
     finally:
         server.shutdown()
-    with pytest.raises(ExportError, match="feedback from http://127.0.0.1:"):
+    with pytest.raises(RetrainError, match="feedback from http://127.0.0.1:"):
         fetch_feedback(url + "/feedback/export", tmp_path / "h.jsonl", log=lambda _: None)

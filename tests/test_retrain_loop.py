@@ -1,5 +1,5 @@
 """The retraining loop end to end (issue 6): a real ``python -m service`` process serves v1 with the
-example documents; users' feedback is posted and exported; ``python -m export retrain`` trains on it
+example documents; users' feedback is posted and exported; ``python -m retrain`` trains on it
 and promotes v2; the service notices the new LATEST and swaps to v2 while a client keeps sending
 /search and /embed requests (zero failures); a deliberately worse candidate is rejected and the
 service stays on v2; a broken bundle in LATEST is refused and counted; rollback returns to v1.
@@ -25,6 +25,7 @@ import pytest
 
 from export.bundle import latest_version, list_versions, open_bundle
 from export.cli import main as export_cli
+from retrain.cli import main as retrain_cli
 from service.engine import corpus_id
 from tests.conftest import EXAMPLES, ROOT
 from tests.test_retrain import FAST, write_jsonl
@@ -51,7 +52,7 @@ def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.2):
 
 def retrain(reg: Path, *args: str) -> dict:
     t0 = time.monotonic()
-    assert export_cli(["retrain", "--registry", str(reg), "--name", "qa", *args]) == 0
+    assert retrain_cli(["--registry", str(reg), "--name", "qa", *args]) == 0
     versions = list_versions(reg, "qa")
     report = json.loads((reg / "qa" / "reports" / f"{versions[-1]}.json").read_text())
     print(f"retrain {versions[-1]}: {time.monotonic() - t0:.0f}s, {report['reason']}")

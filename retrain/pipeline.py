@@ -1,4 +1,4 @@
-"""Retraining with a promotion gate: what the retraining CronJob runs.
+"""Retraining with a promotion gate: what the retraining CronJob runs (``python -m retrain``, :mod:`retrain.cli`).
 
     data + feedback ──► train (from the current model or the base) ──► export a candidate bundle
         ──► evaluate candidate and current on the same fixed evaluation set (the served variant)
@@ -16,7 +16,7 @@ service's volume.
 
 Example::
 
-    python -m export retrain --registry registry --name qa --data faq.json --feedback feedback.jsonl \\
+    python -m retrain --registry registry --name qa --data faq.json --feedback feedback.jsonl \\
         --eval_data fixed_eval.jsonl --tolerance 0.01
 """
 
@@ -34,15 +34,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from export.bundle import Bundle, BundleError, latest_version, open_bundle, validate_name, validate_version
-from export.errors import ExportError
+from export.fsutil import write_durably
 from export.registry import REPORTS, set_latest
 from export.runtime import OnnxEncoder
+from training.config import DEFAULTS as TRAINING_DEFAULTS
+from training.config import TrainingConfig
 from training.data import DataError, QAData, QARecord, data_files, load_qa_data
 from training.metrics import RetrievalTask, evaluate
+
+# Share of the training pairs the run trains on; the rest picks the best epoch's checkpoint (the promotion gate
+# uses the fixed evaluation set, never this split).
+TRAIN_SPLIT = 0.9
+
+
+class RetrainError(Exception):
+    """Retraining cannot run with these inputs (bad data or flags, unreachable feedback); the message says why."""
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
+    """One retraining run: the flags of ``python -m retrain`` (the report records it under ``config``)."""
+
     registry: str
     name: str
     data: Sequence[str]
@@ -54,12 +66,12 @@ class RetrainConfig:
     tolerance: float = 0.01  # MRR@10 the candidate may lose against the current model and still be promoted
     variants: Sequence[str] = ("onnx", "onnx-optimized", "int8")  # exported
     variant: str = "int8"  # the variant the gate evaluates: what the service serves
-    epochs: int = 3
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    warmup_steps: int = 10
-    max_seq_length: int | None = None
-    seed: int = 42
+    epochs: int = TRAINING_DEFAULTS.epochs
+    batch_size: int = TRAINING_DEFAULTS.batch_size
+    learning_rate: float = TRAINING_DEFAULTS.learning_rate
+    warmup_steps: int = 10  # retraining sets are small: a long warm-up would take most of the run
+    max_seq_length: int | None = None  # default: the start model's
+    seed: int = TRAINING_DEFAULTS.seed
 
 
 def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -76,7 +88,7 @@ def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
 
 def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: Callable[[str], None]) -> dict:
     from export.pipeline import export_model
-    from training.pipeline import RunConfig, train
+    from training.pipeline import run_training
 
     eval_passages = {r.positive for r in eval_records}
     feedback = [str(f) for f in data_files(config.feedback) if not f.is_file() or f.stat().st_size > 0]
@@ -85,7 +97,7 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
     data = _load_data(config.data, feedback)
     train_records, excluded = _exclude_passages(data.records, eval_passages)
     if not train_records:
-        raise ExportError("no training data left once the evaluation passages are excluded")
+        raise RetrainError("no training data left once the evaluation passages are excluded")
     log(f"training data: {len(train_records)} pairs ({len(data.records)} loaded, {excluded} on evaluation "
         f"passages excluded, {data.duplicates_dropped} duplicates dropped)")
 
@@ -93,15 +105,17 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
     log(f"starting from {start_model}")
     with tempfile.TemporaryDirectory(prefix="qaembed-retrain-") as work:
         model_dir = Path(work) / "model"
-        run = RunConfig(
+        run = TrainingConfig(
             preset="retrain", model_name=start_model, output_dir=str(model_dir), epochs=config.epochs,
             batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-            max_seq_length=config.max_seq_length or facts["max_seq_length"], train_split=0.9, hard_negatives=True,
-            num_negatives=3, pooling_mode=facts["pooling"], query_instruction=facts["query_prompt"], loss="mnrl",
-            mini_batch_size=32, seed=config.seed, negatives_range_min=0, negatives_range_max=100,
-            negatives_margin=0.05,
-        )
-        train(run, QAData(tuple(train_records), data.duplicates_dropped, data.sources), log=log)
+            max_seq_length=config.max_seq_length or facts["max_seq_length"], train_split=TRAIN_SPLIT,
+            pooling_mode=facts["pooling"], query_instruction=facts["query_prompt"], seed=config.seed,
+        )  # negatives, loss and the rest: the training defaults (training.config)
+        try:
+            run.check()
+        except ValueError as error:
+            raise RetrainError(str(error)) from None
+        run_training(run, QAData(tuple(train_records), data.duplicates_dropped, data.sources), log=log)
         candidate_dir = export_model(str(model_dir), config.registry, config.name, variants=config.variants,
                                      eval_data=config.eval_data, include_torch=True, promote=current is None,
                                      log=log)
@@ -109,7 +123,7 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
 
     task = RetrievalTask.from_records(eval_records)
     if config.variant not in candidate.variants or (current and config.variant not in current.variants):
-        raise ExportError(f"--variant {config.variant} is not in both bundles; choose one of {candidate.variants}")
+        raise RetrainError(f"--variant {config.variant} is not in both bundles; choose one of {candidate.variants}")
     scores = {"candidate": _score(candidate, config.variant, task)}
     if current is not None:
         scores["current"] = _score(current, config.variant, task)
@@ -149,21 +163,20 @@ def fetch_feedback(url: str, out: Path, log: Callable[[str], None] = print) -> l
     except urllib.error.HTTPError as error:
         detail = error.read().decode("utf-8", "replace")[:300]
         hint = " (set QAEMBED_ADMIN_API_KEY to the service's admin key)" if error.code in (401, 403) else ""
-        raise ExportError(f"feedback from {url}: HTTP {error.code} {detail}{hint}") from None
+        raise RetrainError(f"feedback from {url}: HTTP {error.code} {detail}{hint}") from None
     except (urllib.error.URLError, OSError) as error:
-        raise ExportError(f"feedback from {url}: {getattr(error, 'reason', error)}") from None
+        raise RetrainError(f"feedback from {url}: {getattr(error, 'reason', error)}") from None
     rows = sum(1 for line in body.splitlines() if line.strip())
     log(f"feedback: {rows} rows from {url}")
     return [str(out)] if rows else []
 
 
 def write_report(registry: str | Path, name: str, report: dict) -> Path:
+    """Write ``<registry>/<name>/reports/<candidate>.json`` atomically (rollback reads the decision back)."""
     folder = Path(registry) / validate_name(name) / REPORTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{validate_version(report['candidate'])}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_durably(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
@@ -198,13 +211,13 @@ def _start_model(config: RetrainConfig, current) -> tuple[str, dict]:
     """The model to train from, and the pooling/prompt/length facts to train it with."""
     if current is None:
         if not config.base_model:
-            raise ExportError("nothing is published yet: give --base_model to train the first version")
-        from training.models import ModelLoadError, load_model
+            raise RetrainError("nothing is published yet: give --base_model to train the first version")
+        from training.models import ModelLoadError, load_base_model
 
         try:
-            model = load_model(config.base_model)
+            model = load_base_model(config.base_model)
         except ModelLoadError as error:
-            raise ExportError(str(error)) from None
+            raise RetrainError(str(error)) from None
         facts = {"pooling": _pooling_of(model), "query_prompt": model.prompts.get("query", ""),
                  "max_seq_length": model.max_seq_length}
         return config.base_model, facts
@@ -212,7 +225,7 @@ def _start_model(config: RetrainConfig, current) -> tuple[str, dict]:
     torch_dir = current.manifest.get("torch")
     if config.start == "current":
         if not torch_dir:
-            raise ExportError(f"{current.name} {current.version} has no PyTorch weights to continue from; "
+            raise RetrainError(f"{current.name} {current.version} has no PyTorch weights to continue from; "
                               "use --from base")
         return str(current.path / torch_dir), facts
     return config.base_model or current.manifest["base_model"], facts
@@ -238,13 +251,13 @@ def _load_data(data: Sequence[str], feedback: Sequence[str]) -> QAData:
     try:
         return load_qa_data([*data, *feedback])
     except DataError as error:
-        raise ExportError(str(error)) from None
+        raise RetrainError(str(error)) from None
 
 
 def _load(paths: Sequence[str], flag: str) -> tuple[QARecord, ...]:
     if not paths:
-        raise ExportError(f"{flag} is required: the promotion gate compares models on a fixed evaluation set")
+        raise RetrainError(f"{flag} is required: the promotion gate compares models on a fixed evaluation set")
     try:
         return load_qa_data(list(paths)).records
     except DataError as error:
-        raise ExportError(f"{flag}: {error}") from None
+        raise RetrainError(f"{flag}: {error}") from None
