@@ -33,7 +33,7 @@ import onnxruntime as ort  # noqa: E402
 from export.bundle import open_bundle  # noqa: E402
 from export.gates import mean_cosine  # noqa: E402
 from export.quantize import cpu_flags, detect_int8_target, quantize_int8  # noqa: E402
-from export.runtime import OnnxEncoder  # noqa: E402
+from export.runtime import OnnxEncoder, pad_batch, session_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES_MARKER = "<!-- analysis: kept when the benchmark re-runs -->"
@@ -84,7 +84,8 @@ def main() -> None:
                 rows.append(_row(workload, batch, "torch", count, tokens[:count], seconds, 1.0, 1.0))
                 print(_fmt(rows[-1]), flush=True)
                 for variant in variants:
-                    encoder = OnnxEncoder(bundle.variant_path(variant), bundle.tokenizer_path, seq, args.threads)
+                    encoder = OnnxEncoder.from_files(bundle.variant_path(variant), bundle.tokenizer_path, seq,
+                                                     args.threads)
                     seconds_v, out, _ = _best(args.repeats, lambda e=encoder, s=subset, b=batch: e.encode(s, b))
                     rows.append(_row(workload, batch, variant, count, tokens[:count], seconds_v,
                                      seconds / seconds_v, mean_cosine(out, torch_out)))
@@ -113,8 +114,8 @@ def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
     torch_row = {"step": "torch (sentence-transformers), for reference", "texts_per_s": torch_rate, "ratio": 1.0,
                  "cpu_ms": 1000 * torch_cpu / len(questions), "cosine": 1.0}
 
-    def measure(step: str, path: Path, threads=threads, sort=True, config=None) -> dict:
-        encoder = OnnxEncoder(path, tokenizer, 128, threads, config=config)
+    def measure(step: str, path: Path, threads=threads, sort=True, spinning=True) -> dict:
+        encoder = OnnxEncoder.from_files(path, tokenizer, 128, threads, spinning=spinning)
         encode = encoder.encode if sort else (lambda texts: _unsorted(encoder, texts))
         seconds, out, cpu = _best(args.repeats, lambda: encode(questions))
         row = {"step": step, "texts_per_s": len(questions) / seconds, "ratio": len(questions) / seconds / torch_rate,
@@ -153,7 +154,7 @@ def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
         measure("published settings with per-tensor weights", ours("per_tensor", "onnx-optimized", per_channel=False)),
         measure("published int8, batches not sorted by length (more padding)", published, sort=False),
         measure("published int8, 1 thread", published, threads=1),
-        measure("published int8, thread spinning off", published, config={"session.intra_op.allow_spinning": "0"}),
+        measure("published int8, thread spinning off", published, spinning=False),
     ]
 
 
@@ -161,15 +162,14 @@ def _profile(bundle, texts, threads) -> dict[str, list[tuple[str, float]]]:
     """Share of kernel time per op type, onnxruntime's own profiler, one batch of 32 short queries."""
     result = {}
     for variant in ("onnx-optimized", "int8"):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options = session_options(threads)
         options.enable_profiling = True
         with tempfile.TemporaryDirectory() as folder:
             options.profile_file_prefix = str(Path(folder) / "profile")
             session = ort.InferenceSession(str(bundle.variant_path(variant)), options,
                                            providers=["CPUExecutionProvider"])
-            encoder = OnnxEncoder(bundle.variant_path(variant), bundle.tokenizer_path, 128, threads)
-            feed = encoder.tokenize(texts)
+            encoder = OnnxEncoder.from_files(bundle.variant_path(variant), bundle.tokenizer_path, 128, threads)
+            feed = encoder.session.feeds(*pad_batch(encoder.tokenizer.encode(texts)))
             for _ in range(5):
                 session.run(None, feed)
             events = json.loads(Path(session.end_profiling()).read_text())
@@ -184,8 +184,7 @@ def _profile(bundle, texts, threads) -> dict[str, list[tuple[str, float]]]:
 
 
 def _unsorted(encoder: OnnxEncoder, texts, batch_size: int = 32) -> np.ndarray:
-    parts = [encoder.session.run(None, encoder.tokenize(texts[i:i + batch_size]))[0]
-             for i in range(0, len(texts), batch_size)]
+    parts = [encoder.run(encoder.tokenizer.encode(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
     return np.concatenate(parts)
 
 

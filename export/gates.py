@@ -1,6 +1,7 @@
 """Publish gates: ONNX variants must agree with PyTorch (parity) and int8 must not lose retrieval
-quality against fp32 (quality). Pure numpy on top of ``encode`` functions; the pipeline decides
-what a failure means (refuse, or record it under ``--force``).
+quality against fp32 (quality). Pure numpy on top of ``encode`` functions (the pipeline passes the
+runtime's ``OnnxEncoder.encode``, the steps the service runs); the pipeline decides what a failure
+means (refuse, or record it under ``--force``).
 
 Example::
 
@@ -26,7 +27,9 @@ from training.metrics import RetrievalTask, evaluate
 PARITY_MIN = {"onnx": 0.999, "onnx-optimized": 0.999, "int8": 0.99, "fp16": 0.99}
 QUALITY_METRIC = "mrr@10"
 QUALITY_MAX_DROP = 0.01  # 1.0 point of MRR@10
-Encode = Callable[[Sequence[str]], np.ndarray]
+# ``encode(texts)`` → unit vectors, e.g. ``export.runtime.OnnxEncoder.encode``; the quality gate also passes
+# ``is_query=True`` for questions.
+Encode = Callable[..., np.ndarray]
 
 # Used when no --eval_data is given: short and long, Turkish and English, so truncation, padding
 # and non-ASCII tokenisation are all exercised.
@@ -81,11 +84,12 @@ def parity_failures(results: dict[str, float | None]) -> list[str]:
     return failures
 
 
-def quality(records: Sequence[QARecord], encoders: dict[str, Encode], query_prompt: str = "") -> dict[str, dict]:
-    """Retrieval metrics of each variant on ``records`` (queries get the model's query prompt)."""
+def quality(records: Sequence[QARecord], encoders: dict[str, Encode]) -> dict[str, dict]:
+    """Retrieval metrics of each variant on ``records``: questions are encoded with ``is_query=True`` (the
+    model's query prompt, as ``/embed`` does for queries), passages plain."""
     task = RetrievalTask.from_records(records)
     return {
-        variant: evaluate(task, lambda texts, e=encode: e([query_prompt + t for t in texts]), encode)
+        variant: evaluate(task, lambda texts, e=encode: e(texts, is_query=True), encode)
         for variant, encode in encoders.items()
     }
 

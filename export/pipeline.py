@@ -135,14 +135,15 @@ def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str,
 def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, threads, force: bool,
                log) -> dict:
     """Parity of every variant to the PyTorch ``reference`` of ``texts``; quality of fp32 and int8 on the
-    eval ``records``. Each variant's session is opened, measured and dropped before the next one."""
+    eval ``records``. Each variant's session is opened, measured and dropped before the next one. The
+    encoder is the runtime the service runs (its tokenizer, session and post step)."""
     mean_cosine, measured = {}, {}
     for variant in variants:  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
-        encoder = OnnxEncoder(staging / FILES[variant], staging / facts["tokenizer"], facts["max_seq_length"],
-                              threads)
+        encoder = OnnxEncoder.from_files(staging / FILES[variant], staging / facts["tokenizer"],
+                                         facts["max_seq_length"], threads, query_prompt=facts["query_prompt"])
         mean_cosine |= gates.parity(reference, {variant: encoder.encode}, texts)
         if records and variant in ("onnx", "int8"):
-            measured |= gates.quality(records, {variant: encoder.encode}, facts["query_prompt"])
+            measured |= gates.quality(records, {variant: encoder.encode})
         del encoder
         gc.collect()
     result = {"parity": {"texts": len(texts), "mean_cosine": mean_cosine,

@@ -138,8 +138,8 @@ def test_external_data_for_large_models(exported_bundle, tmp_path, texts):
         "model.onnx", "model.onnx.data"]
     assert (tmp_path / "model.onnx").stat().st_size < 1_000_000
     tokenizer = open_bundle(*exported_bundle).tokenizer_path
-    external = OnnxEncoder(tmp_path / "model.onnx", tokenizer, 256, threads=2).encode(texts[:4])
-    inline = OnnxEncoder(source, tokenizer, 256, threads=2).encode(texts[:4])
+    external = OnnxEncoder.from_files(tmp_path / "model.onnx", tokenizer, 256, threads=2).encode(texts[:4])
+    inline = OnnxEncoder.from_files(source, tokenizer, 256, threads=2).encode(texts[:4])
     np.testing.assert_array_equal(external, inline)
 
 
