@@ -101,7 +101,7 @@ def measure(name: str, search, queries: np.ndarray, exact: np.ndarray, seconds: 
 def faiss_rows(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, seconds: float) -> list[dict]:
     import faiss
 
-    from service.collection import Document
+    from service.documents import Document
     from service.index import Collection, IndexConfig
 
     docs = [Document(f"d{i}", "", {}) for i in range(len(vectors))]
@@ -130,7 +130,7 @@ def free_port() -> int:
 
 def milvus_rows(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, seconds: float,
                 workdir: Path) -> list[dict]:
-    from service.collection import Document
+    from service.documents import Document
     from service.milvus import MilvusStore
     from service.settings import Settings
 

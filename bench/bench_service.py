@@ -281,11 +281,11 @@ def http_infinity(executable: str, questions: list[str], workdir: Path, quick: b
 
 def encode_passages(registry: Path, name: str, passages: list[str], limit: int) -> tuple[np.ndarray, object]:
     """Embed real passages in-process with the service's own model code (int8 ONNX)."""
-    from service.model import load_model
+    from service.model import open_serving_model
     from service.settings import Settings
 
     settings = Settings.build(registry=registry, name=name, max_queue_size=4096, warmup=False)
-    model = load_model(settings)
+    model = open_serving_model(settings)
 
     async def run():
         return await model.embed_bulk(passages[:limit])
@@ -311,7 +311,7 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
                    workdir: Path, quick: bool) -> dict:
     import faiss
 
-    from service.index import Document
+    from service.documents import Document
     from service.store import DurableStore
 
     n = 100_000

@@ -8,6 +8,9 @@
   (:class:`~service.errors.Overloaded`, 429), never queued.
 * **Abandoned requests dropped.** A request whose client went away is marked cancelled; its texts
   are skipped when the worker reaches them.
+* **The runtime's steps.** Texts arrive as the runtime's :class:`~export.runtime.Encoded`; a batch is
+  padded with :func:`~export.runtime.pad_batch` and normalised with :func:`~export.runtime.normalize`,
+  exactly as the export gates' ``OnnxEncoder`` does, so only the batch composition differs.
 * **Off the event loop.** Forward passes run in ``workers`` dedicated threads that drain the same
   queue; results are handed back with ``loop.call_soon_threadsafe``. One worker suits a GPU; on CPU
   two small forward passes at once keep both cores busier than one pass split across intra-op
@@ -18,7 +21,7 @@ Example::
     >>> import asyncio, numpy as np
     >>> from service.backends.base import Backend
     >>> from service.batching import BatchQueue
-    >>> from service.tokenization import Encoded
+    >>> from export.runtime import Encoded
     >>> class Ones(Backend):
     ...     dimension = 2
     ...     def embed(self, ids, mask, types):
@@ -45,10 +48,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.runtime import Encoded, normalize, pad_batch
+
 from .backends.base import Backend
 from .errors import ClientGone, NotReady, Overloaded, ServiceError
 from .metrics import ServiceMetrics
-from .tokenization import Encoded
 
 log = logging.getLogger("service.batching")
 
@@ -268,18 +272,9 @@ class BatchQueue:
 
     def _forward_piece(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
-        longest = max(len(it.enc) for it in batch)
-        ids = np.zeros((len(batch), longest), dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        types = np.zeros((len(batch), longest), dtype=np.int64)
-        for i, it in enumerate(batch):
-            n = len(it.enc)
-            ids[i, :n] = it.enc.ids
-            mask[i, :n] = 1
-            types[i, :n] = it.enc.type_ids
+        ids, mask, types = pad_batch([it.enc for it in batch])
         try:
-            vectors = self.backend.embed(ids, mask, types)
-            vectors = normalize(vectors)
+            vectors = normalize(self.backend.embed(ids, mask, types))
         except Exception as exc:  # a failing batch fails its requests, not the thread
             log.exception("inference failed for a batch of %d texts", len(batch))
             error = InferenceFailed(f"inference failed: {type(exc).__name__}")
@@ -290,7 +285,7 @@ class BatchQueue:
         if self.metrics is not None:
             self.metrics.inference_duration.observe(end - start)
             self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_tokens.observe(len(batch) * longest)
+            self.metrics.batch_tokens.observe(ids.size)
             for it in batch:
                 self.metrics.queue_wait.observe(start - it.enqueued)
         per_job: dict[int, tuple[Job, list[int], list[int]]] = {}
@@ -302,10 +297,3 @@ class BatchQueue:
             if job.remaining > 0:
                 job._deliver(rows, vectors[positions], start, end)
 
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Post-processing stage: L2-normalise rows (idempotent for graphs that already normalise)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    np.maximum(norms, 1e-12, out=norms)
-    return vectors / norms

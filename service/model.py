@@ -1,12 +1,14 @@
-"""One servable model: tokenizer (pre) → batching queue + backend (core) → normalise (post).
+"""One servable model: the runtime's tokenizer (pre) → batching queue + backend (core) → normalise (post).
 
-:func:`load_model` turns an export bundle into an :class:`EmbeddingModel` (loaded and warmed up);
-the service holds exactly one at a time and swaps it atomically on reload.
+:func:`open_serving_model` turns an export bundle into an :class:`EmbeddingModel` (loaded and warmed
+up); the service holds exactly one at a time and swaps it atomically on reload. The pre and post steps
+and the ONNX session are ``export.runtime``'s, the ones the export gates certify; the runtime's
+:class:`~export.runtime.InputTooLong` becomes the service's 413 :class:`~service.errors.TooLarge`.
 
 Example::
 
-    >>> from service.model import load_model                      # doctest: +SKIP
-    >>> model = load_model(settings)                                # doctest: +SKIP
+    >>> from service.model import open_serving_model              # doctest: +SKIP
+    >>> model = open_serving_model(settings)                        # doctest: +SKIP
     >>> result = await model.embed(["hello"], is_query=True)        # doctest: +SKIP
     >>> result.vectors.shape                                        # doctest: +SKIP
     (1, 384)
@@ -22,14 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from .backends.base import Backend, BackendError, ModelSpec, load_backend
+from export.runtime import InputTooLong, TextTokenizer, uses_cuda
+
+from .backends.base import Backend, BackendError, ModelSpec
+from .backends.factory import load_backend
 from .batching import BatchQueue, EmbedResult
-from .errors import Overloaded
+from .errors import Overloaded, TooLarge
 from .metrics import ServiceMetrics
 from .settings import Settings
-from .tokenization import TextTokenizer
 
 log = logging.getLogger("service.model")
 
@@ -72,10 +75,13 @@ class EmbeddingModel:
             return self.tokenizer.encode(texts, is_query=is_query, truncate=truncate,
                                          truncation_direction=truncation_direction)
 
-        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            encodings = tokenize()
-        else:
-            encodings = await asyncio.get_running_loop().run_in_executor(_TOKENIZE_POOL, tokenize)
+        try:
+            if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+                encodings = tokenize()
+            else:
+                encodings = await asyncio.get_running_loop().run_in_executor(_TOKENIZE_POOL, tokenize)
+        except InputTooLong as exc:
+            raise TooLarge(str(exc)) from None
         tokenize_s = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.tokenize_duration.observe(tokenize_s)
@@ -116,9 +122,7 @@ class EmbeddingModel:
 def _default_variant(settings: Settings) -> str:
     if settings.variant != "auto":
         return settings.variant
-    gpu = settings.device == "cuda" or (settings.device == "auto"
-                                        and "CUDAExecutionProvider" in ort.get_available_providers())
-    return "onnx" if gpu else "int8"
+    return "onnx" if uses_cuda(settings.device) else "int8"
 
 
 def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpec:
@@ -141,13 +145,13 @@ def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpe
     return ModelSpec(name=bundle.name, version=bundle.version, tokenizer_path=bundle.tokenizer_path,
                      max_seq_length=bundle.max_seq_length, dimension=bundle.dimension,
                      query_prompt=bundle.query_prompt, onnx_path=onnx_path, variant=variant,
-                     torch_model=Path(torch_model) if torch_model else None,
+                     torch_model=Path(torch_model) if torch_model else None, bundle_path=bundle.path,
                      # an index bundle (service.index_bundle) also carries the documents it embedded
-                     extra={"bundle_path": bundle.path, "index": bundle.manifest.get("index")})
+                     index=bundle.manifest.get("index"))
 
 
-def load_model(settings: Settings, metrics: ServiceMetrics | None = None, version: str | None = None,
-               spec: ModelSpec | None = None) -> EmbeddingModel:
+def open_serving_model(settings: Settings, metrics: ServiceMetrics | None = None, version: str | None = None,
+                       spec: ModelSpec | None = None) -> EmbeddingModel:
     """Load, check and warm up a model (blocking: call it in a thread)."""
     spec = spec or spec_from_bundle(settings, version)
     t0 = time.perf_counter()

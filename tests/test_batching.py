@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from export.runtime import Encoded
 from service.backends.base import Backend
 from service.batching import BatchQueue
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
-from service.tokenization import Encoded
 
 
 class RecordingBackend(Backend):

@@ -1,8 +1,9 @@
 """The backend interface: health, a preferred max batch size, and ``embed`` on padded token ids.
 
 A backend is the "core" stage only: it gets padded ``int64`` arrays and returns ``float32
-[batch, dim]`` sentence embeddings. Tokenization (pre) and normalisation (post) live elsewhere, so
-every backend batches the same way.
+[batch, dim]`` sentence embeddings. Tokenization (pre) and normalisation (post) are the runtime's
+(``export.runtime``), so every backend batches the same way. This module holds only the interface;
+:mod:`service.backends.factory` picks an implementation.
 
 Example::
 
@@ -42,7 +43,9 @@ class ModelSpec:
     onnx_path: Path | None = None  # for the onnx backend
     variant: str = "onnx"
     torch_model: Path | None = None  # sentence-transformers folder, for the torch backend
-    extra: dict = field(default_factory=dict, compare=False)
+    bundle_path: Path | None = None  # the bundle's folder
+    # the manifest's "index" section, for a read-only index bundle (service.index_bundle); a dict, so not hashed
+    index: dict | None = field(default=None, compare=False)
 
 
 class Backend(ABC):
@@ -66,15 +69,3 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model."""
 
-
-def load_backend(spec: ModelSpec, backend: str = "onnx", device: str = "auto", threads: int = 0) -> Backend:
-    """Construct the named backend; the torch module is imported only here, only for ``torch``."""
-    if backend == "onnx":
-        from .onnx import OnnxBackend
-
-        return OnnxBackend(spec, device=device, threads=threads)
-    if backend == "torch":
-        from .torch import TorchBackend  # lazy: pulls in torch
-
-        return TorchBackend(spec, device=device, threads=threads)
-    raise BackendError(f"unknown backend {backend!r} (onnx or torch)")
