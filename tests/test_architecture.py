@@ -65,6 +65,20 @@ def service_modules() -> list[str]:
     return ["service", *(m.name for m in pkgutil.walk_packages(service.__path__, "service.", onerror=reraise))]
 
 
+def serving_modules() -> list[str]:
+    """What the serving image may run: every service module but the torch backend, and every module of export/
+    and training/ that those import, lazily too (the ast walk below), never through the torch backend."""
+    modules = [m for m in service_modules() if m != TORCH_BACKEND]
+    edges = graph(first_party_only=True)
+    seen, todo = set(modules), list(modules)
+    while todo:
+        for target in edges.get(todo.pop(), ()):
+            if target not in seen and target != TORCH_BACKEND:
+                seen.add(target)
+                todo.append(target)
+    return modules + sorted(seen - set(modules))
+
+
 LOAD = """
 import importlib, json, sys
 loaded = {}
@@ -103,13 +117,17 @@ def offenders(loaded: dict[str, list[str]], libraries: tuple[str, ...]) -> list[
 
 
 def test_serving_image_loads_no_torch() -> None:
-    modules = [m for m in service_modules() if m != TORCH_BACKEND]
+    modules = serving_modules()
     assert "service.__main__" in modules and len(modules) >= 10, modules  # the walk found the service
     loaded = load_fresh(modules)
     found = offenders(loaded, ML_LIBRARIES)
     assert not found, "the serving image must not load torch:\n" + "\n".join(found)
+    # nor import it in a function, which the import above does not run
+    lazy = [f"{imp.where}: {imp.source} imports {imp.target}" for imp in all_imports()
+            if imp.source in loaded and imp.target in ML_LIBRARIES]
+    assert not lazy, "the serving image must not import torch, even in a function:\n" + "\n".join(lazy)
 
-    # what the serving image takes from the other stages: today at least the bundle reader and the data format
+    # what the serving image takes from the other stages (the bundle reader, the runtime, the data format, ...)
     everything = {name for new in loaded.values() for name in new}
     pulled = sorted(n for n in everything if n.split(".")[0] in ("export", "training"))
     print("serving imports from export/ and training/:", ", ".join(pulled))
@@ -121,8 +139,7 @@ def test_serving_image_holds_what_the_service_imports() -> None:
     """Dockerfile.serve copies every first-party package the service loads, ``pip install .`` installs it
     (pyproject's package list) and every third-party package those modules import when loaded is a base
     dependency (or one of theirs): the image has no [train] extra."""
-    modules = [m for m in service_modules() if m != TORCH_BACKEND]
-    loaded = {n for new in load_fresh(modules).values() for n in new}
+    loaded = {n for new in load_fresh(serving_modules()).values() for n in new}
     first_party = sorted({n for n in loaded if n.split(".")[0] in PACKAGES})
     dockerfile = (ROOT / "Dockerfile.serve").read_text()
     build_stage = dockerfile.split("\nFROM ")[1]  # the stage that runs `pip install .`
