@@ -14,12 +14,16 @@ Metadata filters (``where``) mean the same everywhere: ``{"key": value}`` matche
 metadata ``key`` equals ``value`` (or contains it, for list values); ``{"key": [v1, v2]}`` matches
 any of the values; several keys must all match.
 
+Where a collection's documents persist (a WAL, Milvus itself, an index bundle, nowhere) is not its
+business: :mod:`service.storage` composes collections into the service's storage modes.
+
 Example (the interface, on the embedded engine)::
 
     >>> import numpy as np
+    >>> from service.documents import Document
     >>> from service.index import Collection, IndexConfig
     >>> c: DocumentCollection = Collection(dim=2, config=IndexConfig(kind="flat"), model_version="v1")
-    >>> c.upsert([("a", "alpha", {"tags": ["x"]}), ("b", "beta", {})], np.eye(2, dtype=np.float32))
+    >>> c.upsert([Document("a", "alpha", {"tags": ["x"]}), Document("b", "beta")], np.eye(2, dtype=np.float32))
     >>> [h.doc.id for h in c.search(np.eye(2, dtype=np.float32)[1:], k=2, where={"tags": "x"})[0]]
     ['a']
     >>> len(c), c.delete(["a", "zz"]), [d.id for batch in c.documents(10) for d in batch]
@@ -34,8 +38,6 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from .documents import Document, Hit
-
-Item = tuple[str, str, Mapping[str, object]]  # (id, text, metadata)
 
 
 class DocumentCollection(ABC):
@@ -53,8 +55,9 @@ class DocumentCollection(ABC):
     def get(self, doc_id: str) -> Document | None: ...
 
     @abstractmethod
-    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> None:
-        """Insert or replace ``(id, text, metadata)`` with their vectors; the last of a repeated id wins."""
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
+        """Insert or replace documents with their vectors (row ``i`` is ``docs[i]``'s); the last of a repeated
+        id wins."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> list[str]:
@@ -71,9 +74,6 @@ class DocumentCollection(ABC):
     @abstractmethod
     def info(self) -> dict:
         """What ``/info`` shows under ``index``; always has ``type``, ``documents`` and ``model_version``."""
-
-    def check(self) -> None:  # noqa: B027 - optional hook
-        """Raise :class:`service.errors.IndexUnavailable` when the collection cannot serve (readiness)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or memory."""

@@ -42,8 +42,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+
+from .documents import Document
+from .errors import IndexUnavailable, NotFound, Unprocessable
 
 LABELS = ("positive", "negative")
 
@@ -57,6 +60,21 @@ def make_record(query: str, document: tuple[str, str], shown: Sequence[tuple[str
     return {"query": query, "label": label, "document": {"id": document[0], "text": document[1]},
             "shown": [{"id": i, "text": texts[i]} for i in seen], "at": round(time.time(), 3)}
 
+
+
+async def checked_record(lookup: Callable[[str], Awaitable[Document | None]], query: str, doc_id: str,
+                         shown_ids: Sequence[str], label: str) -> tuple[dict, int]:
+    """The record of ``POST /feedback``, its ids checked against the documents served (``lookup``): 404 for an
+    unknown ``doc_id``, 422 for unknown ``shown_ids``. Returns the record and the number of shown documents."""
+    doc = await lookup(doc_id)
+    if doc is None:
+        raise NotFound(f"no document with id {doc_id!r}")
+    shown = {i: await lookup(i) for i in dict.fromkeys(shown_ids)}
+    unknown = [i for i, d in shown.items() if d is None]
+    if unknown:
+        raise Unprocessable(f"shown_ids: no document with id {', '.join(map(repr, unknown[:5]))}"
+                            + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+    return make_record(query, (doc.id, doc.text), [(d.id, d.text) for d in shown.values()], label), len(shown)
 
 def to_training(records: Iterable[dict]) -> tuple[list[dict], dict]:
     """Training rows (first-seen order) and counts: ``records``, ``positive``, ``negative``,
@@ -103,7 +121,6 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m service export-feedback``: exit 0 written, 2 bad arguments, data directory or Milvus."""
-    from .errors import IndexUnavailable
     from .settings import Settings, SettingsError
     from .store import DurableStore, StoreError
 

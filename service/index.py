@@ -19,10 +19,11 @@ indexes require). With ``faiss.get_num_gpus() > 0`` flat and IVF indexes are mov
 Example::
 
     >>> import numpy as np
+    >>> from service.documents import Document
     >>> from service.index import Collection, IndexConfig
     >>> c = Collection(dim=4, config=IndexConfig(kind="flat"))
     >>> v = np.eye(4, dtype=np.float32)
-    >>> c.upsert([("a", "alpha", {"lang": "en"}), ("b", "beta", {"lang": "tr"})], v[:2])
+    >>> c.upsert([Document("a", "alpha", {"lang": "en"}), Document("b", "beta", {"lang": "tr"})], v[:2])
     >>> [(h.doc.id, round(h.score, 2)) for h in c.search(v[:1], k=2)[0]]
     [('a', 1.0), ('b', 0.0)]
     >>> [h.doc.id for h in c.search(v[:1], k=2, where={"lang": "tr"})[0]]
@@ -36,7 +37,6 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -222,7 +222,7 @@ class Collection(DocumentCollection):
     """Documents, their vectors (rows of one matrix; row = FAISS label) and the index over them.
 
     Filters as in :mod:`service.collection`. ``read_only`` marks a collection loaded from a
-    published index bundle (:mod:`service.index_bundle`).
+    published index bundle (:mod:`service.storage.bundle`).
     """
 
     def __init__(self, dim: int, config: IndexConfig, model_version: str = "", read_only: bool = False) -> None:
@@ -251,30 +251,29 @@ class Collection(DocumentCollection):
         entry = self.docs.get(doc_id)
         return None if entry is None else self._vectors[entry[1]].copy()
 
-    def upsert(self, items: Sequence[tuple[str, str, Mapping[str, object]]], vectors: np.ndarray) -> None:
-        """Insert or replace documents ``(id, text, metadata)`` with their vectors."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(items), self.dim)
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
+        """Insert or replace documents with their vectors."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(docs), self.dim)
         # a batch may name an id twice: the last one wins
-        last = {doc_id: i for i, (doc_id, _, _) in enumerate(items)}
+        last = {doc.id: i for i, doc in enumerate(docs)}
         keep = sorted(last.values())
-        self.delete([items[i][0] for i in keep])
-        labels = self._append([items[i] for i in keep], vectors[keep])
+        self.delete([docs[i].id for i in keep])
+        labels = self._append([docs[i] for i in keep], vectors[keep])
         self.index.add(labels, self._vectors[labels])
 
-    def _append(self, items: Sequence[tuple[str, str, Mapping[str, object]]], vectors: np.ndarray) -> np.ndarray:
+    def _append(self, docs: Sequence[Document], vectors: np.ndarray) -> np.ndarray:
         """Store new rows (documents, vectors, metadata buckets) after the last one; returns their labels."""
         start = len(self._by_label)
-        need = start + len(items)
+        need = start + len(docs)
         if need > len(self._vectors):
             grown = np.empty((max(need, 2 * len(self._vectors), 1024), self.dim), dtype=np.float32)
             grown[:start] = self._vectors[:start]
             self._vectors = grown
         labels = np.arange(start, need, dtype=np.int64)
         self._vectors[start:need] = vectors
-        for label, (doc_id, text, metadata) in zip(labels.tolist(), items, strict=True):
-            doc = Document(doc_id, text, dict(metadata or {}))
-            self.docs[doc_id] = (doc, label)
-            self._by_label.append(doc_id)
+        for label, doc in zip(labels.tolist(), docs, strict=True):
+            self.docs[doc.id] = (doc, label)
+            self._by_label.append(doc.id)
             for key in _meta_keys(doc.metadata):
                 self._meta.setdefault(key, set()).add(label)
         return labels
@@ -362,48 +361,22 @@ class Collection(DocumentCollection):
 
     @classmethod
     def from_arrays(cls, dim: int, config: IndexConfig, model_version: str, docs: Sequence[Document],
-                    vectors: np.ndarray, read_only: bool = False) -> Collection:
-        """Build a collection (and its index, trained on ``vectors`` when needed) in one go."""
+                    vectors: np.ndarray, read_only: bool = False, prebuilt: VectorIndex | None = None) -> Collection:
+        """Build a collection in one go: its index trained on ``vectors`` when needed, or ``prebuilt`` (an index
+        read back that already holds ``vectors`` under labels 0..n-1, in order)."""
         c = cls(dim, config, model_version, read_only)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(docs), dim)
+        if prebuilt is not None:
+            c._append(docs, vectors)
+            c.index = prebuilt
+            if prebuilt.ntotal != len(docs):
+                raise ValueError(f"the index holds {prebuilt.ntotal} vectors for {len(docs)} documents")
+            return c
         kind = config.resolve(len(docs))
         if kind != "flat":
             c.index = VectorIndex(dim, kind, config, train=vectors)
         if docs:
-            c.upsert([(d.id, d.text, d.metadata) for d in docs], vectors)
-        return c
-
-    SAVED = ("documents.jsonl", "vectors.npy", "index.faiss")
-
-    def save(self, folder: Path) -> dict:
-        """Write the live documents, their vectors and the trained index (tombstones compacted first) into
-        ``folder`` as :data:`SAVED`; returns facts for a manifest. :meth:`load` reads them back."""
-        if self.rows != len(self.docs):
-            self.rebuild()
-        docs, vectors = self.live()
-        with open(folder / "documents.jsonl", "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps({"id": d.id, "text": d.text, "metadata": dict(d.metadata)}, ensure_ascii=False)
-                        + "\n")
-        np.save(folder / "vectors.npy", vectors, allow_pickle=False)
-        index = self.index.index
-        faiss.write_index(faiss.index_gpu_to_cpu(index) if self.index.device == "cuda" else index,
-                          str(folder / "index.faiss"))
-        return {"type": self.index.kind, "documents": len(docs), "dimension": self.dim}
-
-    @classmethod
-    def load(cls, folder: Path, facts: Mapping, config: IndexConfig, model_version: str,
-             read_only: bool = True) -> Collection:
-        """The collection :meth:`save` wrote (the FAISS index is read, not retrained)."""
-        dim = int(facts["dimension"])
-        c = cls(dim, config, model_version, read_only)
-        with open(folder / "documents.jsonl", encoding="utf-8") as f:
-            items = [(d["id"], d["text"], d.get("metadata") or {}) for d in map(json.loads, f)]
-        vectors = np.load(folder / "vectors.npy", allow_pickle=False).reshape(len(items), dim)
-        c._append(items, vectors)
-        c.index = VectorIndex(dim, facts["type"], config, prebuilt=faiss.read_index(str(folder / "index.faiss")))
-        if c.index.ntotal != len(items):
-            raise ValueError(f"{folder}: index has {c.index.ntotal} vectors for {len(items)} documents")
+            c.upsert(docs, vectors)
         return c
 
     def info(self) -> dict:

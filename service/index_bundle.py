@@ -1,18 +1,19 @@
 """Read-only index bundles: a corpus embedded once by a Job, published like a model, served by many replicas.
 
 ``python -m service build-index`` embeds the passages of QA files with a model bundle and publishes
-``<registry>/<index name>/vNNNN/`` through :func:`export.bundle.publish` (versioned, every file
+``<registry>/<index name>/vNNNN/`` through :func:`export.registry.publish` (versioned, every file
 sha256-checked, ``LATEST`` moved atomically). The bundle carries the model's files (hard links when
 the registry allows) *and* the FAISS collection built with it::
 
     manifest.json      the model's facts + "index": {type, documents, dimension, corpus, model}
     model*.onnx, tokenizer.json, ...     the model that embedded the documents
-    documents.jsonl, vectors.npy, index.faiss   service.index.Collection.save
+    documents.jsonl, vectors.npy, index.faiss   service.storage.bundle.save_collection
 
-A replica serves it with ``python -m service --registry R --name <index name>``: model and vectors
-come from one bundle, so they always match. Document writes answer 405 (the corpus changes by
-publishing a new version); the replica's LATEST watcher (``--reload_interval``) loads a new version
-in the background and swaps model and index together, as for a model reload.
+A replica serves it with ``python -m service --registry R --name <index name>`` (the storage mode of
+:mod:`service.storage.bundle`): model and vectors come from one bundle, so they always match. Document
+writes answer 405 (the corpus changes by publishing a new version); the replica's LATEST watcher
+(``--reload_interval``) loads a new version in the background and swaps model and index together, as for
+a model reload.
 
 Example::
 
@@ -33,9 +34,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .collection import Document
+from .corpus import corpus_documents
 from .index import Collection, IndexConfig
 from .settings import INDEX_TYPES, Settings
+from .storage.bundle import save_collection
 
 log = logging.getLogger("service.index_bundle")
 
@@ -43,33 +45,25 @@ log = logging.getLogger("service.index_bundle")
 _IDENTITY = ("format", "name", "version", "created_at", "files")
 
 
-def load_collection(spec, config: IndexConfig) -> Collection:
-    """The read-only collection of the index bundle a model spec was opened from."""
-    return Collection.load(spec.extra["bundle_path"], spec.extra["index"], config, spec.version, read_only=True)
-
-
 def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_version: str | None = None,
           index: str = "auto", promote: bool = True) -> Path:
     """Embed the passages of ``corpus`` with ``model`` and publish them as the next version of ``name``."""
-    from export.bundle import discard_staging, new_staging_dir, open_bundle, publish
-    from training.data import load_qa_data
+    from export.bundle import open_bundle
+    from export.registry import discard_staging, new_staging_dir, publish
 
-    from .engine import corpus_id
-    from .model import load_model
+    from .model import open_serving_model
 
     if index == "milvus":
         raise ValueError("an index bundle holds a FAISS index: --index must be a FAISS type")
     source = open_bundle(registry, model, model_version)
     settings = Settings.build(registry=registry, name=model, version=source.version, warmup=False,
                               max_queue_size=4096, index=index)
-    passages = load_qa_data(list(corpus)).passages
-    loaded = load_model(settings)
+    docs = corpus_documents(corpus)
+    loaded = open_serving_model(settings)
     try:
-        vectors = asyncio.run(loaded.embed_bulk(passages))
+        vectors = asyncio.run(loaded.embed_bulk([d.text for d in docs]))
     finally:
         loaded.close()
-    sources = ",".join(p.name for p in corpus)
-    docs = [Document(corpus_id(text), text, {"source": sources}) for text in passages]
     collection = Collection.from_arrays(source.dimension, IndexConfig.from_settings(settings), source.version,
                                         docs, vectors)
     staging = new_staging_dir(registry, name)
@@ -82,7 +76,7 @@ def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_v
             except OSError:  # another filesystem, or links not allowed
                 shutil.copy2(source.path / relative, target)
         facts = {k: v for k, v in source.manifest.items() if k not in _IDENTITY}
-        facts["index"] = {**collection.save(staging), "corpus": [p.name for p in corpus],
+        facts["index"] = {**save_collection(collection, staging), "corpus": [p.name for p in corpus],
                           "model": {"name": source.name, "version": source.version}}
         return publish(staging, facts, promote=promote)
     except BaseException:

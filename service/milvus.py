@@ -12,7 +12,8 @@ Names in Milvus (``P`` = ``--milvus_prefix``, ``N`` = the model name, both made 
 
 A replica always searches the concrete collection of *its own* model version, never the alias, so
 no query is searched against another model's vectors, even while replicas roll from one model to
-the next. A model change (start or reload with a new version) re-embeds with :func:`fill`: every
+the next. A model change (start or reload with a new version) re-embeds with
+:func:`service.storage.milvus.fill`: every
 document of the serving collection is streamed, embedded by the new model and written to the new
 collection; documents written meanwhile by other replicas (``updated_at``) are caught up, deletes
 reconciled; then the alias moves, and writes made before the other replicas noticed are caught up
@@ -30,8 +31,10 @@ Example (Milvus Lite, a real local engine)::
     >>> from service.settings import Settings
     >>> s = Settings.build(index="milvus", milvus_uri=tempfile.mkdtemp() + "/m.db", name="demo")
     >>> store = MilvusStore(s)
+    >>> from service.documents import Document
     >>> c = store.open("v0001", dim=2)
-    >>> c.upsert([("a", "alpha", {"lang": "en"}), ("b", "beta", {"lang": "tr"})], np.eye(2, dtype=np.float32))
+    >>> c.upsert([Document("a", "alpha", {"lang": "en"}), Document("b", "beta", {"lang": "tr"})],
+    ...          np.eye(2, dtype=np.float32))
     >>> store.switch(c); store.serving()
     'qaembed_demo_v0001'
     >>> [h.doc.id for h in c.search(np.eye(2, dtype=np.float32)[:1], k=2, where={"lang": "tr"})[0]]
@@ -41,7 +44,6 @@ Example (Milvus Lite, a real local engine)::
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -49,12 +51,12 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .collection import DocumentCollection, Item
+from .collection import DocumentCollection
 from .documents import Document, Hit
 from .errors import IndexUnavailable, TooLarge, Unprocessable
 from .settings import Settings
@@ -63,7 +65,6 @@ log = logging.getLogger("service.milvus")
 
 MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
 MAX_ID_BYTES = 1_024  # ids are at most 256 characters (the API checks), 4 bytes each in UTF-8
-CLOCK_SKEW_MS = 10_000  # replicas' clocks may differ this much when catching up on writes
 _CHUNK = 60_000  # feedback records are stored compressed, in parts below the VARCHAR limit
 _FIELDS = ["text", "metadata", "updated_at"]
 
@@ -94,7 +95,7 @@ metadata["n"] == 2 or json_contains_any(metadata["n"], [1, 2]))'
     return " and ".join(clauses)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -197,7 +198,7 @@ class MilvusStore:
 
     def switch(self, collection: MilvusCollection) -> None:
         """Point the alias at ``collection`` (one atomic alias change in Milvus). The collection it named
-        before is marked retired: switching back to it later re-checks every document (:func:`fill`)."""
+        before is marked retired: switching back to it later re-checks every document (``fill``)."""
         self.call(self.client.alter_collection_properties, collection.name, properties={"qaembed.state": "ready"})
         current = self.serving()
         if current == collection.name:
@@ -285,9 +286,9 @@ class MilvusCollection(DocumentCollection):
         rows = self.store.call(self.client.get, self.name, ids=[doc_id], output_fields=_FIELDS)
         return Document(doc_id, rows[0]["text"], rows[0]["metadata"] or {}) if rows else None
 
-    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> None:
-        now = _now_ms()
-        self.write([(Document(i, t, dict(m or {})), now) for i, t, m in items], vectors, check=True)
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
+        now = now_ms()
+        self.write([(doc, now) for doc in docs], vectors, check=True)
 
     def write(self, rows: Sequence[tuple[Document, int]], vectors: np.ndarray, check: bool = False) -> None:
         """Upsert documents with their ``updated_at`` (a re-embed keeps the original write time)."""
@@ -351,55 +352,10 @@ class MilvusCollection(DocumentCollection):
                 "collection": self.name, "alias": self.store.alias, "documents": len(self),
                 "model_version": self.model_version, "consistency": self.consistency, "read_only": False}
 
-    def check(self) -> None:
-        """Reachable and loaded; a collection released by a Milvus restart is loaded again."""
+    def ensure_loaded(self) -> None:
+        """Reachable and loaded; a collection released by a Milvus restart is loaded again (readiness)."""
         state = self.store.call(self.client.get_load_state, self.name)["state"]
         if "Loaded" not in str(state):
             log.warning("collection %s is %s: loading it", self.name, state)
             self.store.call(self.client.load_collection, self.name)
 
-
-async def fill(source: MilvusCollection | None, target: MilvusCollection,
-               embed: Callable[[list[str]], Awaitable[np.ndarray]], batch_size: int = 256,
-               progress: Callable[[int], None] | None = None) -> int:
-    """Bring ``target`` up to date with ``source`` (another model's collection), re-embedding what changed.
-
-    A target that never served (or was retired by a switch away from it) gets every document of
-    ``source`` whose ``updated_at`` it lacks, then loses the documents that ``source`` no longer has.
-    A target that already serves gets only the documents written to ``source`` since its last
-    full pass (minus the clock skew): writes of replicas that still ran the old model. Newer
-    ``updated_at`` always wins, so nothing written directly into ``target`` is overwritten.
-    Returns the number of documents embedded.
-    """
-    if source is None or source.name == target.name:
-        return 0
-    run = asyncio.to_thread
-    props = await run(target.properties)
-    full = props.get("qaembed.state") != "ready"
-    expr = "" if full else f"updated_at >= {int(props.get('qaembed.synced_ms', 0)) - CLOCK_SKEW_MS}"
-    started, done = _now_ms(), 0
-    iterator = source.rows(batch_size, expr)
-    while batch := await run(next, iterator, None):
-        have = await run(target.updated, [doc.id for doc, _ in batch])
-        newer = [(doc, at) for doc, at in batch if have.get(doc.id, -1) < at]
-        if newer:
-            await run(target.write, newer, await embed([doc.text for doc, _ in newer]))
-        done += len(newer)
-        if progress is not None:
-            progress(done)
-    if full:
-        await run(_drop_deleted, source, target, _now_ms())
-        await run(target.store.call, target.client.alter_collection_properties, target.name,
-                  properties={"qaembed.synced_ms": str(started)})
-    return done
-
-
-def _drop_deleted(source: MilvusCollection, target: MilvusCollection, before_ms: int) -> None:
-    """Delete from ``target`` the documents copied before ``before_ms`` that ``source`` no longer has."""
-    gone: list[str] = []
-    for batch in target.rows(1000):
-        old = [doc.id for doc, at in batch if at < before_ms]
-        alive = source.updated(old) if old else {}
-        gone += [i for i in old if i not in alive]
-    for start in range(0, len(gone), 1000):
-        target.store.call(target.client.delete, target.name, ids=gone[start:start + 1000])

@@ -4,7 +4,7 @@ Layout of the data directory::
 
     CURRENT                      name of the live snapshot (replaced atomically)
     snapshots/<seq>-<id>/        meta.json, documents.jsonl, vectors.npy, feedback.jsonl (sha256 in meta.json)
-    wal/<first seq>.log          frames: u32 length, u32 crc32, JSON payload
+    wal/<first seq>.log          frames: u32 length, u32 crc32, JSON payload (:mod:`service.wal`)
 
 * Every write (document upsert/delete, relevance feedback) is appended to the WAL and ``fsync``-ed
   before it is acknowledged.
@@ -27,14 +27,15 @@ Layout of the data directory::
 Example::
 
     >>> import numpy as np, tempfile
+    >>> from service.documents import Document
     >>> from service.store import DurableStore
     >>> d = tempfile.mkdtemp()
     >>> store = DurableStore(d); state = store.recover(); store.open_log()
-    >>> store.append_upsert([("a", "alpha", {})], np.ones((1, 2), np.float32), "v1")
+    >>> store.append_upsert([Document("a", "alpha")], np.ones((1, 2), np.float32), "v1")
     1
     >>> store.close(); state = DurableStore(d).recover()
-    >>> state.docs["a"].text, state.seq
-    ('alpha', 1)
+    >>> state.docs["a"].text, state.embedded["a"][1], state.seq
+    ('alpha', 'v1', 1)
     >>> store = DurableStore(d); _ = store.recover(); store.open_log()
     >>> store.append_feedback({"query": "a?", "label": "positive"})
     2
@@ -46,27 +47,27 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from export.fsutil import fsync_dir
+from export.bundle import sha256_file
+from export.fsutil import fsync_dir, write_durably
+
+from .documents import Document
+from .wal import encode_frame, hides_records, read_frames, segment_chain, segment_path, segments
 
 log = logging.getLogger("service.store")
 
-_HEADER = struct.Struct("<II")
 FORMAT = 1
 FEEDBACK = "feedback.jsonl"
 
@@ -84,65 +85,24 @@ class _SnapshotMoved(Exception):
 
 
 @dataclass
-class StoredDoc:
-    text: str
-    metadata: dict
-    vector: np.ndarray | None  # None when unknown
-    model_version: str
-
-
-@dataclass
 class RecoveredState:
-    docs: dict[str, StoredDoc] = field(default_factory=dict)  # insertion order = first write order
+    docs: dict[str, Document] = field(default_factory=dict)  # insertion order = first write order
+    # id → (vector, the model version that computed it), for every document in docs
+    embedded: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
     seq: int = 0  # last sequence number applied
     snapshot_seq: int = 0
     replayed: int = 0  # WAL records applied after the snapshot
     truncated_bytes: int = 0  # torn tail cut off the log
     feedback: list[tuple[int, dict]] = field(default_factory=list)  # (seq, record) logged after the snapshot
 
+    def put(self, doc: Document, vector: np.ndarray, model_version: str) -> None:
+        self.docs.pop(doc.id, None)  # re-insert: keep write order
+        self.docs[doc.id] = doc
+        self.embedded[doc.id] = (vector, model_version)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_frames(data: bytes) -> tuple[list[dict], int]:
-    """WAL records in ``data`` up to the first torn or corrupt frame, and the byte offset it starts at."""
-    records, offset = [], 0
-    while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
-        payload = data[offset + _HEADER.size: offset + _HEADER.size + length]
-        # length 0 passes the CRC (crc32 of nothing is 0) but is never written: a zero-filled tail,
-        # as a power cut can leave behind
-        if length == 0 or len(payload) != length or zlib.crc32(payload) != crc:
-            break
-        try:
-            records.append(json.loads(payload))
-        except ValueError:
-            break
-        offset += _HEADER.size + length
-    return records, offset
-
-
-def _hides_records(records: list[dict], start: int, next_start: int | None) -> bool:
-    """Whether a bad frame ending a segment (``start``: its first seq) can hide acknowledged records.
-
-    A torn frame ends the last segment after a crash. It may also end an earlier one: an append that failed
-    and could not be cut, then a new segment. That record was never acknowledged, nor its seq used, so the
-    next segment starts right after the last good record; any other gap means records were lost."""
-    last_good = records[-1]["seq"] if records else start - 1
-    return next_start is not None and next_start != last_good + 1
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    def drop(self, doc_id: str) -> None:
+        self.docs.pop(doc_id, None)
+        self.embedded.pop(doc_id, None)
 
 
 class DurableStore:
@@ -177,7 +137,7 @@ class DurableStore:
         if current.exists():
             name = current.read_text().strip()
             self._load_snapshot(self.snap_dir / name, state)
-        for start, path, next_start in self._segment_chain():
+        for start, path, next_start in segment_chain(self.wal_dir):
             self._replay(path, state, start, next_start)
         self.seq = state.seq
         self.records_since_snapshot = state.replayed
@@ -190,35 +150,19 @@ class DurableStore:
         except (OSError, ValueError) as exc:
             raise StoreError(f"snapshot {path} is unreadable: {exc}") from None
         for fname, digest in meta["sha256"].items():  # feedback.jsonl only in snapshots that have it
-            if _sha256(path / fname) != digest:
+            if sha256_file(path / fname) != digest:
                 raise StoreError(f"snapshot {path}: {fname} fails its sha256 check")
         vectors = np.load(path / "vectors.npy", allow_pickle=False)
         version = meta.get("model_version", "")
         with open(path / "documents.jsonl", encoding="utf-8") as f:
             for row, line in enumerate(f):
-                d = json.loads(line)
-                state.docs[d["id"]] = StoredDoc(d["text"], d.get("metadata") or {}, vectors[row], version)
+                state.put(Document.from_json(json.loads(line)), vectors[row], version)
         state.seq = state.snapshot_seq = int(meta["seq"])
         self._live, self._live_seq = path, state.seq
 
-    def _segments(self) -> list[tuple[int, Path]]:
-        out = []
-        for p in self.wal_dir.glob("*.log"):
-            try:
-                out.append((int(p.stem), p))
-            except ValueError:
-                continue
-        return sorted(out)
-
-    def _segment_chain(self) -> list[tuple[int, Path, int | None]]:
-        """``(first seq, path, first seq of the next segment or None)`` per WAL segment, in order."""
-        segments = self._segments()
-        nexts = [start for start, _ in segments[1:]] + [None]  # one longer than segments when there are none
-        return [(start, path, following) for (start, path), following in zip(segments, nexts, strict=False)]
-
     def _replay(self, path: Path, state: RecoveredState, start: int, next_start: int | None) -> None:
         data = path.read_bytes()
-        records, offset = _read_frames(data)
+        records, offset = read_frames(data)
         for record in records:
             if record["seq"] <= state.seq:
                 continue
@@ -226,7 +170,7 @@ class DurableStore:
             state.seq = record["seq"]
             state.replayed += 1
         if offset < len(data):
-            if _hides_records(records, start, next_start):
+            if hides_records(records, start, next_start):
                 raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
             log.warning("%s: cutting a torn record off the end of the log (%d bytes, never acknowledged)",
                         path, len(data) - offset)
@@ -242,11 +186,10 @@ class DurableStore:
             dim = record["dim"]
             vectors = np.frombuffer(base64.b64decode(record["vectors"]), dtype="<f4").reshape(-1, dim)
             for row, d in enumerate(record["docs"]):
-                state.docs.pop(d["id"], None)  # re-insert: keep write order
-                state.docs[d["id"]] = StoredDoc(d["text"], d.get("metadata") or {}, vectors[row], record["model"])
+                state.put(Document.from_json(d), vectors[row], record["model"])
         elif record["op"] == "delete":
             for doc_id in record["ids"]:
-                state.docs.pop(doc_id, None)
+                state.drop(doc_id)
         elif record["op"] == "feedback":
             state.feedback.append((record["seq"], record["feedback"]))
         else:
@@ -261,8 +204,7 @@ class DurableStore:
     def _open_segment(self, first_seq: int) -> None:
         if self._file is not None:
             self._file.close()
-        path = self.wal_dir / f"{first_seq:020d}.log"
-        self._file = open(path, "ab")
+        self._file = open(segment_path(self.wal_dir, first_seq), "ab")
         if self.fsync:
             fsync_dir(self.wal_dir)
 
@@ -273,10 +215,9 @@ class DurableStore:
             if self.broken:
                 raise WriteFailed(f"the write-ahead log refuses writes until a restart: {self.broken}")
             record["seq"] = self.seq + 1
-            payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
             start = self._file.tell()
             try:
-                self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+                self._file.write(encode_frame(record))
                 self._file.flush()
                 if self.fsync:
                     os.fsync(self._file.fileno())
@@ -311,12 +252,11 @@ class DurableStore:
                 self.broken = str(exc)
         log.error("write-ahead log append failed: %s%s", exc, " (writes refused until restart)" if self.broken else "")
 
-    def append_upsert(self, docs: Sequence[tuple[str, str, Mapping]], vectors: np.ndarray,
-                      model_version: str) -> int:
+    def append_upsert(self, docs: Sequence[Document], vectors: np.ndarray, model_version: str) -> int:
         """Durably record an upsert; returns its sequence number once it is on disk."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         return self._append({"op": "upsert", "model": model_version, "dim": int(vectors.shape[1]),
-                             "docs": [{"id": i, "text": t, "metadata": dict(m or {})} for i, t, m in docs],
+                             "docs": [d.to_json() for d in docs],
                              "vectors": base64.b64encode(vectors.tobytes()).decode()})
 
     def append_delete(self, ids: Iterable[str]) -> int:
@@ -353,10 +293,10 @@ class DurableStore:
             if FEEDBACK in meta["sha256"]:
                 with open(snap / FEEDBACK, encoding="utf-8") as f:
                     out.extend(json.loads(line) for line in f)
-        for start, path, next_start in self._segment_chain():
+        for start, path, next_start in segment_chain(self.wal_dir):
             data = path.read_bytes()
-            records, offset = _read_frames(data)
-            if offset < len(data) and _hides_records(records, start, next_start):
+            records, offset = read_frames(data)
+            if offset < len(data) and hides_records(records, start, next_start):
                 raise StoreError(f"{path}: corrupt record at byte {offset} in the middle of the log")
             for record in records:
                 if record["seq"] > seq and record["op"] == "feedback":
@@ -374,14 +314,11 @@ class DurableStore:
             self.records_since_snapshot = 0
             return seq
 
-    def write_snapshot(self, seq: int, docs: Sequence, vectors: np.ndarray, model_name: str,
+    def write_snapshot(self, seq: int, docs: Sequence[Document], vectors: np.ndarray, model_name: str,
                        model_version: str) -> Path | None:
         """Atomically make (docs, vectors) at ``seq`` plus all feedback up to ``seq`` the live
         snapshot, then drop what it covers. ``None`` when a snapshot after ``seq`` is live already
-        (making an older one live would lose the log records in between).
-
-        ``docs`` are objects with ``id``, ``text`` and ``metadata``.
-        """
+        (making an older one live would lose the log records in between)."""
         with self._snapshot_lock:
             if self._live is not None and seq < self._live_seq:
                 log.info("snapshot at seq %d skipped: seq %d is live", seq, self._live_seq)
@@ -391,14 +328,13 @@ class DurableStore:
                 self._feedback_tail = [(s, f) for s, f in self._feedback_tail if s > seq]
             return final
 
-    def _write_snapshot(self, seq: int, docs: Sequence, vectors: np.ndarray, model_name: str,
+    def _write_snapshot(self, seq: int, docs: Sequence[Document], vectors: np.ndarray, model_name: str,
                         model_version: str) -> Path:
         tmp = self.snap_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         with open(tmp / "documents.jsonl", "w", encoding="utf-8") as f:
             for d in docs:
-                f.write(json.dumps({"id": d.id, "text": d.text, "metadata": dict(d.metadata)},
-                                   ensure_ascii=False) + "\n")
+                f.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         with open(tmp / "vectors.npy", "wb") as f:
@@ -409,22 +345,19 @@ class DurableStore:
         meta = {"format": FORMAT, "seq": seq, "count": len(docs), "feedback": feedback_count,
                 "model_name": model_name, "model_version": model_version,
                 "dimension": int(vectors.shape[1]) if len(vectors) else None,
-                "sha256": {n: _sha256(tmp / n) for n in ("documents.jsonl", "vectors.npy", FEEDBACK)}}
-        _write_file(tmp / "meta.json", json.dumps(meta, indent=1).encode())
-        fsync_dir(tmp)
+                "sha256": {n: sha256_file(tmp / n) for n in ("documents.jsonl", "vectors.npy", FEEDBACK)}}
+        write_durably(tmp / "meta.json", json.dumps(meta, indent=1))
         final = self.snap_dir / f"{seq:020d}-{uuid.uuid4().hex[:8]}"
         os.rename(tmp, final)
         fsync_dir(self.snap_dir)
-        _write_file(self.dir / "CURRENT.tmp", final.name.encode())
-        os.replace(self.dir / "CURRENT.tmp", self.dir / "CURRENT")
-        fsync_dir(self.dir)
+        write_durably(self.dir / "CURRENT", final.name)
         self._live, self._live_seq = final, seq
         # the new snapshot is live: older snapshots and covered WAL segments can go
         for old in self.snap_dir.iterdir():
             if old != final and not old.name.startswith(".tmp-"):
                 shutil.rmtree(old, ignore_errors=True)
-        segments = self._segments()
-        for (_, path), (next_start, _) in zip(segments, segments[1:], strict=False):
+        found = segments(self.wal_dir)
+        for (_, path), (next_start, _) in zip(found, found[1:], strict=False):
             if next_start - 1 <= seq:
                 path.unlink(missing_ok=True)
         log.info("snapshot at seq %d: %d documents, %d feedback (model %s)", seq, len(docs), feedback_count,

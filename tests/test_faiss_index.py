@@ -8,6 +8,7 @@ import pytest
 
 from service.documents import Document
 from service.index import Collection, IndexConfig
+from service.storage.bundle import load_collection, save_collection
 
 
 def _unit(rng, n, dim=32):
@@ -33,7 +34,7 @@ def test_index_types_find_neighbours_filter_and_delete(kind):
         <= {f"d{i}" for i in range(600) if i % 3 and i % 2 == 0}
     c.delete(["d0"])
     assert all(h.doc.id != "d0" for h in c.search(vectors[:1], k=10)[0])
-    c.upsert([("d1", "replaced", {})], vectors[:1])  # d1 now sits where d0 was
+    c.upsert([Document("d1", "replaced", {})], vectors[:1])  # d1 now sits where d0 was
     assert c.search(vectors[:1], k=1)[0][0].doc.text == "replaced"
     c.rebuild()
     assert c.rows == len(c) == 599 and c.search(vectors[:1], k=1)[0][0].doc.id == "d1"
@@ -44,9 +45,9 @@ def test_a_saved_index_searches_with_this_runs_settings(kind, tmp_path):
     """An index bundle is built once; QAEMBED_NPROBE / QAEMBED_EF_SEARCH of the serving pod must apply to it."""
     vectors = _unit(np.random.default_rng(1), 600)
     docs = [Document(f"d{i}", f"text {i}", {}) for i in range(600)]
-    facts = Collection.from_arrays(32, IndexConfig(kind=kind, nprobe=4, ef_search=16), "v1", docs,
-                                   vectors).save(tmp_path)
-    loaded = Collection.load(tmp_path, facts, IndexConfig(kind=kind, nprobe=48, ef_search=512), "v1")
+    built = Collection.from_arrays(32, IndexConfig(kind=kind, nprobe=4, ef_search=16), "v1", docs, vectors)
+    facts = save_collection(built, tmp_path)
+    loaded = load_collection(tmp_path, facts, IndexConfig(kind=kind, nprobe=48, ef_search=512), "v1")
     index = loaded.index.index
     if kind.startswith("ivf"):
         assert faiss.extract_index_ivf(index).nprobe == 48

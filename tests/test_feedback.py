@@ -7,19 +7,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from service.auth import KeyChecker
+from service.documents import Document
 from service.feedback import make_record, to_training, write_jsonl
+from service.http.routes import ROUTE_ACCESS
 from service.settings import Settings, SettingsError
 from service.store import DurableStore
 from tests.conftest import ROOT
 from training.data import load_qa_data
 
-DOC = SimpleNamespace(id="d", text="text", metadata={})
+DOC = Document("d", "text")
 
 
 def fb(query: str, doc: str, shown: list[str] = (), label: str = "positive") -> dict:
@@ -30,7 +31,7 @@ def test_feedback_survives_snapshots_restarts_and_a_torn_tail(tmp_path):
     store = DurableStore(tmp_path)
     store.recover()
     store.open_log()
-    store.append_upsert([("d", "text", {})], np.ones((1, 2), np.float32), "v1")
+    store.append_upsert([Document("d", "text", {})], np.ones((1, 2), np.float32), "v1")
     for i in range(3):
         store.append_feedback(fb(f"q{i}", "d"))
     seq = store.rotate()
@@ -116,6 +117,6 @@ def test_reload_interval_setting_and_export_is_an_admin_route():
     with pytest.raises(SettingsError, match="reload_interval"):
         Settings.from_sources([*base, "--reload_interval", "-1"], env={})
     checker = KeyChecker(api_keys=("data",), admin_keys=("admin",))
-    assert checker.check("/feedback", "Bearer data") is None
-    assert checker.check("/feedback/export", "Bearer data").status == 401
-    assert checker.check("/feedback/export", "Bearer admin") is None
+    assert checker.check(ROUTE_ACCESS["/feedback"], "Bearer data") is None
+    assert checker.check(ROUTE_ACCESS["/feedback/export"], "Bearer data").status == 401
+    assert checker.check(ROUTE_ACCESS["/feedback/export"], "Bearer admin") is None

@@ -56,10 +56,10 @@ def make(request, tmp_path):
         store.close()
 
 
-DOCS = [("a", "Ankara başkenttir.", {"lang": "tr", "n": 1, "tags": ["city", "capital"]}),
-        ("b", "Paris is a city.", {"lang": "en", "n": 2, "tags": ["city"]}),
-        ("c", 'Quote " and back\\slash', {"lang": "en", "odd": 'x"y\\z', "flag": True}),
-        ("d", "Kediler uyur.", {"lang": "tr", "tags": ["pets"], "ünï": "çöğ"})]
+DOCS = [Document("a", "Ankara başkenttir.", {"lang": "tr", "n": 1, "tags": ["city", "capital"]}),
+        Document("b", "Paris is a city.", {"lang": "en", "n": 2, "tags": ["city"]}),
+        Document("c", 'Quote " and back\\slash', {"lang": "en", "odd": 'x"y\\z', "flag": True}),
+        Document("d", "Kediler uyur.", {"lang": "tr", "tags": ["pets"], "ünï": "çöğ"})]
 
 
 def test_upsert_get_delete_len(make):
@@ -67,8 +67,9 @@ def test_upsert_get_delete_len(make):
     rng = np.random.default_rng(0)
     c.upsert(DOCS, unit(rng, 4))
     assert len(c) == 4 and c.get("zz") is None
-    assert c.get("c") == Document("c", DOCS[2][1], DOCS[2][2])
-    c.upsert([("b", "replaced", {}), ("e", "first", {}), ("e", "second", {"k": 1})], unit(rng, 3))
+    assert c.get("c") == DOCS[2]
+    c.upsert([Document("b", "replaced", {}), Document("e", "first", {}), Document("e", "second", {"k": 1})],
+             unit(rng, 3))
     assert len(c) == 5 and c.get("b").text == "replaced" and c.get("e") == Document("e", "second", {"k": 1})
     assert c.delete(["a", "nope", "a"]) == ["a"] and c.get("a") is None and len(c) == 4
     assert sorted(d.id for batch in c.documents(2) for d in batch) == ["b", "c", "d", "e"]
@@ -85,7 +86,7 @@ def test_search_equals_exact_faiss(make):
     vectors = unit(rng, n)
     c = make()
     for start in range(0, n, 500):
-        c.upsert([(f"d{i}", f"text {i}", {"shard": i % 4}) for i in range(start, start + 500)],
+        c.upsert([Document(f"d{i}", f"text {i}", {"shard": i % 4}) for i in range(start, start + 500)],
                  vectors[start:start + 500])
     c.delete([f"d{i}" for i in range(0, n, 50)])
     alive = np.array([i for i in range(n) if i % 50], dtype=np.int64)
@@ -126,7 +127,7 @@ def test_metadata_filters(make, where, expected):
 
 
 def test_pymilvus_is_imported_only_for_the_milvus_backend():
-    code = ("import sys, service.__main__, service.app, service.engine, service.index_bundle\n"
+    code = ("import sys, service.__main__, service.http, service.engine, service.index_bundle\n"
             "assert 'pymilvus' not in sys.modules and 'milvus_lite' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, timeout=120)
@@ -154,7 +155,7 @@ def test_milvus_refuses_what_it_cannot_store_or_match(tmp_path):
     try:
         c = store.open("v0001", DIM)
         with pytest.raises(TooLarge, match="bytes"):
-            c.upsert([("big", "ş" * 40_000, {})], unit(np.random.default_rng(0), 1))
+            c.upsert([Document("big", "ş" * 40_000, {})], unit(np.random.default_rng(0), 1))
         with pytest.raises(Unprocessable, match="null"):
             c.search(unit(np.random.default_rng(0), 1), 3, where={"k": None})
     finally:
@@ -172,7 +173,8 @@ def test_milvus_unreachable_is_a_clear_503():
 def test_milvus_model_switch_reembeds_catches_up_and_moves_the_alias(tmp_path):
     """v1 serves; v2 is filled by "re-embedding" (here: a deterministic fake model); writes made on v1
     during and after the copy reach v2, deletes are reconciled, the alias switches, v1 refuses writes."""
-    from service.milvus import MilvusStore, fill
+    from service.milvus import MilvusStore
+    from service.storage.milvus import fill
 
     store = MilvusStore(milvus_settings(tmp_path))
     rng = np.random.default_rng(4)
@@ -184,13 +186,13 @@ def test_milvus_model_switch_reembeds_catches_up_and_moves_the_alias(tmp_path):
     try:
         v1 = store.open("v0001", DIM)
         store.switch(v1)
-        v1.upsert([(f"d{i}", f"text {i}", {"i": i}) for i in range(300)], unit(rng, 300))
+        v1.upsert([Document(f"d{i}", f"text {i}", {"i": i}) for i in range(300)], unit(rng, 300))
         v2 = store.open("v0002", DIM)
         assert v2.properties()["qaembed.state"] == "building" and store.serving() == v1.name
         copied = asyncio.run(fill(v1, v2, embed_v2, batch_size=64))
         assert copied == 300 and len(v2) == 300
         # writes on v1 after the copy (a replica still on the old model), then the switch
-        v1.upsert([("d5", "text 5 edited", {"i": 5}), ("late", "late text", {})], unit(rng, 2))
+        v1.upsert([Document("d5", "text 5 edited", {"i": 5}), Document("late", "late text", {})], unit(rng, 2))
         v1.delete(["d7"])  # deletes reach every version's collection at once
         assert v2.get("d7") is None
         store.switch(v2)
@@ -200,10 +202,10 @@ def test_milvus_model_switch_reembeds_catches_up_and_moves_the_alias(tmp_path):
         hit = v2.search(table["late text"][None, :], 1)[0][0]
         assert hit.doc.id == "late" and hit.score == pytest.approx(1.0, abs=1e-5)  # v2 holds v2's vectors
         with pytest.raises(IndexUnavailable, match="moved to"):
-            v1.upsert([("x", "too late", {})], unit(rng, 1))
+            v1.upsert([Document("x", "too late", {})], unit(rng, 1))
         # rolling back to v1: it was retired, so it is checked in full against v2 (deletes included)
         v2.delete(["d9"])
-        v2.upsert([("new-in-v2", "only v2 has it", {})], unit(rng, 1))
+        v2.upsert([Document("new-in-v2", "only v2 has it", {})], unit(rng, 1))
         v1_vectors = {}
 
         async def embed_v1(texts):

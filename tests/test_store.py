@@ -18,18 +18,18 @@ def test_store_replays_wal_and_snapshots_atomically(tmp_path):
     assert store.recover().docs == {}
     store.open_log()
     v = np.eye(3, dtype=np.float32)
-    store.append_upsert([("a", "A", {"k": 1}), ("b", "B", {})], v[:2], "v1")
+    store.append_upsert([Document("a", "A", {"k": 1}), Document("b", "B", {})], v[:2], "v1")
     store.append_delete(["a"])
-    store.append_upsert([("c", "C", {})], v[2:], "v1")
+    store.append_upsert([Document("c", "C", {})], v[2:], "v1")
     seq = store.rotate()
     store.write_snapshot(seq, [Document("b", "B", {}), Document("c", "C", {})], v[1:], "m", "v1")
-    store.append_upsert([("d", "D", {})], v[:1], "v2")
+    store.append_upsert([Document("d", "D", {})], v[:1], "v2")
     store.close()
     (tmp_path / "snapshots" / ".tmp-leftover").mkdir()  # a snapshot cut by a crash
     state = DurableStore(tmp_path).recover()
     assert list(state.docs) == ["b", "c", "d"]
-    assert state.docs["d"].model_version == "v2" and state.docs["b"].model_version == "v1"
-    np.testing.assert_array_equal(state.docs["c"].vector, v[2])
+    assert state.embedded["d"][1] == "v2" and state.embedded["b"][1] == "v1"
+    np.testing.assert_array_equal(state.embedded["c"][0], v[2])
     assert state.seq == 4 and state.snapshot_seq == 3 and state.replayed == 1
     assert not (tmp_path / "snapshots" / ".tmp-leftover").exists()
     assert len(list((tmp_path / "wal").glob("*.log"))) == 1  # covered segments removed
@@ -43,7 +43,7 @@ def store_holding_a(tmp_path) -> DurableStore:
     store = DurableStore(tmp_path)
     store.recover()
     store.open_log()
-    assert store.append_upsert([("a", "A", {})], VECTOR, "v1") == 1
+    assert store.append_upsert([Document("a", "A", {})], VECTOR, "v1") == 1
     return store
 
 
@@ -82,15 +82,15 @@ def test_a_failed_append_loses_no_later_acknowledged_write(tmp_path, error):
     store = store_holding_a(tmp_path)
     store._file = FailingLog(store._file, error)
     with pytest.raises(StoreError, match=os.strerror(error)):
-        store.append_upsert([("b", "B", {})], VECTOR, "v1")
+        store.append_upsert([Document("b", "B", {})], VECTOR, "v1")
     if error == errno.ENOSPC:
         assert store.broken is None
-        assert store.append_upsert([("c", "C", {})], VECTOR, "v1") == 2
+        assert store.append_upsert([Document("c", "C", {})], VECTOR, "v1") == 2
         acknowledged = ["a", "c"]
     else:
         assert store.broken
         with pytest.raises(StoreError, match="refuses writes until a restart"):
-            store.append_upsert([("c", "C", {})], VECTOR, "v1")
+            store.append_upsert([Document("c", "C", {})], VECTOR, "v1")
         acknowledged = ["a"]
     store.close()
     state = DurableStore(tmp_path).recover()
@@ -106,7 +106,7 @@ def test_a_torn_frame_that_a_new_segment_follows_is_cut_not_fatal(tmp_path):
     with open(first, "ab") as f:
         f.write(b"\x40\x00\x00\x00half a frame")
     store.rotate()
-    store.append_upsert([("c", "C", {})], VECTOR, "v1")
+    store.append_upsert([Document("c", "C", {})], VECTOR, "v1")
     store.append_feedback({"query": "c?", "label": "positive"})
     store.close()
     assert [r["query"] for r in DurableStore(tmp_path).read_feedback()] == ["c?"]

@@ -1,0 +1,119 @@
+"""The storage interface: what the engine asks of the place documents and feedback persist.
+
+A :class:`Storage` is one mode (local WAL, in memory, read-only index bundle, Milvus; see
+:mod:`service.storage`), chosen once at start. It never holds the serving generation itself; the
+engine hands it what it needs and keeps the one write lock, so for every acknowledged write the
+order is always: :meth:`Storage.log` (durable) → apply to the collection → acknowledge.
+
+Contract, per call (the engine's side in brackets):
+
+* :meth:`open` builds the first collection for a model: recovered from disk and re-embedded where
+  another model embedded it, loaded from the bundle, or attached in Milvus (waiting for it). [once]
+* :meth:`next_collection` builds the collection for a reload's model while the old generation
+  serves; :meth:`catch_up` then brings it up to date with the writes acknowledged meanwhile. [write
+  lock held during catch_up]
+* :meth:`refuse_writes` raises when this mode takes no document writes (before any work is done).
+* :meth:`log` makes one :class:`Write` durable, or raises :class:`service.store.WriteFailed`
+  (nothing of it kept). [write lock held; blocking: run it in a thread]
+* feedback: :meth:`add_feedback` (durable once it returns) and :meth:`read_feedback` (oldest first).
+* snapshots: :meth:`snapshot_due` says when :meth:`snapshot` is worth running (never, in modes without
+  a log).
+* :meth:`broken` (liveness), :meth:`check` (readiness), :meth:`durability` (``/info``), :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..collection import DocumentCollection
+from ..documents import Document
+
+if TYPE_CHECKING:
+    from ..generation import Generation
+    from ..model import EmbeddingModel
+
+
+@dataclass(frozen=True)
+class Write:
+    """One acknowledged document change: an upsert (``docs`` with their ``vectors``) or a delete (``deleted``)."""
+
+    docs: Sequence[Document] = ()
+    vectors: np.ndarray | None = None
+    deleted: Sequence[str] = ()
+
+    def apply(self, collection: DocumentCollection) -> None:
+        if self.deleted:
+            collection.delete(self.deleted)
+        else:
+            collection.upsert(self.docs, self.vectors)
+
+
+def durability_facts(settings, wal_seq: int | None = None, milvus_uri: str | None = None) -> dict:
+    """``/info``'s ``durability`` section (the same keys in every mode, and before the mode is chosen)."""
+    return {"data_dir": str(settings.data_dir) if settings.data_dir else None, "wal_seq": wal_seq,
+            "milvus_uri": milvus_uri}
+
+
+class Storage(ABC):
+    """One storage mode. See the module docstring for the contract of each call."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    async def open(self, model: EmbeddingModel) -> DocumentCollection:
+        """The first collection for ``model``, with every stored document embedded by it."""
+
+    @abstractmethod
+    async def next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> DocumentCollection:
+        """A reload: the collection for ``model``, built while ``old`` serves; progress goes into ``status``
+        (``state``, ``documents``, ``done``) for ``GET /admin/reload``."""
+
+    @abstractmethod
+    async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
+        """At the swap: bring ``new`` up to date with ``writes`` (acknowledged while it was built, in order)."""
+
+    def refuse_writes(self, model: EmbeddingModel) -> None:  # noqa: B027 - optional hook
+        """Raise a :class:`service.errors.ServiceError` when this mode takes no document writes."""
+
+    def log(self, write: Write, model_version: str) -> None:  # noqa: B027 - optional hook
+        """Make ``write`` durable before it is applied. Default: nothing to log (the collection is the
+        durable copy, or nothing is)."""
+
+    @abstractmethod
+    def add_feedback(self, record: dict) -> None:
+        """Store one feedback record; stored once this returns. Blocking."""
+
+    @abstractmethod
+    def read_feedback(self) -> list[dict]:
+        """Every feedback record stored, oldest first. Blocking."""
+
+    def snapshot_due(self, stopping: bool = False) -> bool:
+        """Whether :meth:`snapshot` should run now: enough logged since the last one (``stopping``: anything)."""
+        return False
+
+    async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:  # noqa: B027
+        """Compact what was logged into a snapshot of ``current()`` (read under ``lock``, the engine's write
+        lock). Default: nothing to compact."""
+
+    @property
+    def broken(self) -> str | None:
+        """Why writes are refused until a restart (liveness fails), or ``None``."""
+        return None
+
+    def check(self, collection: DocumentCollection) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`service.errors.IndexUnavailable` when ``collection`` cannot serve (readiness).
+        Blocking: run it on the generation's thread."""
+
+    def durability(self) -> dict:
+        """``/info``'s ``durability`` section."""
+        return durability_facts(self.settings)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release (after the last generation closed)."""

@@ -1,0 +1,106 @@
+"""The index-bundle mode: documents and vectors read from a published bundle, read-only.
+
+An index bundle (built by ``python -m service build-index``, :mod:`service.index_bundle`) carries a
+model and the FAISS collection that model embedded, so the two always match. Its files, next to
+the model's::
+
+    documents.jsonl   one JSON object per document: id, text, metadata (service.documents.Document)
+    vectors.npy       float32 [documents, dimension], row i = line i of documents.jsonl
+    index.faiss       the trained FAISS index over those rows (read back, never retrained)
+
+and the manifest's ``index`` section (``ModelSpec.index``): ``type``, ``documents``, ``dimension``
+(plus ``corpus`` and ``model``, for people). Document writes answer 405 (the corpus changes by
+publishing a new version); a reload loads the new version's collection instead of re-embedding.
+Feedback is still taken: into the WAL with ``--data_dir``, else in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+from ..documents import Document
+from ..errors import ReadOnlyIndex
+from ..index import Collection, IndexConfig, VectorIndex
+from .base import Write
+from .journal import Journal, JournaledStorage
+
+if TYPE_CHECKING:
+    from ..backends.base import ModelSpec
+    from ..generation import Generation
+    from ..model import EmbeddingModel
+
+log = logging.getLogger("service.storage")
+
+SAVED = ("documents.jsonl", "vectors.npy", "index.faiss")
+
+
+def save_collection(collection: Collection, folder: Path) -> dict:
+    """Write ``collection`` (tombstones compacted first) into ``folder`` as :data:`SAVED`; returns the
+    manifest's ``index`` facts that :func:`load_collection` needs."""
+    if collection.rows != len(collection):
+        collection.rebuild()
+    docs, vectors = collection.live()
+    with open(folder / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
+    np.save(folder / "vectors.npy", vectors, allow_pickle=False)
+    index = collection.index
+    faiss.write_index(faiss.index_gpu_to_cpu(index.index) if index.device == "cuda" else index.index,
+                      str(folder / "index.faiss"))
+    return {"type": index.kind, "documents": len(docs), "dimension": collection.dim}
+
+
+def load_collection(folder: Path, facts: Mapping, config: IndexConfig, model_version: str) -> Collection:
+    """The read-only collection :func:`save_collection` wrote into ``folder``."""
+    dim = int(facts["dimension"])
+    with open(folder / "documents.jsonl", encoding="utf-8") as f:
+        docs = [Document.from_json(json.loads(line)) for line in f]
+    vectors = np.load(folder / "vectors.npy", allow_pickle=False).reshape(len(docs), dim)
+    index = VectorIndex(dim, facts["type"], config, prebuilt=faiss.read_index(str(folder / "index.faiss")))
+    try:
+        return Collection.from_arrays(dim, config, model_version, docs, vectors, read_only=True, prebuilt=index)
+    except ValueError as exc:
+        raise ValueError(f"{folder}: {exc}") from None
+
+
+def _bundle_collection(spec: ModelSpec, config: IndexConfig) -> Collection:
+    return load_collection(spec.bundle_path, spec.index, config, spec.version)
+
+
+class BundleStorage(JournaledStorage):
+    """Documents from the model's index bundle (read-only); feedback in the journal."""
+
+    def __init__(self, settings, journal: Journal, index_config: IndexConfig) -> None:
+        super().__init__(settings, journal)
+        self.index_config = index_config
+
+    async def open(self, model: EmbeddingModel) -> Collection:
+        state = await asyncio.to_thread(self.journal.recover)  # the data dir keeps feedback only
+        if state.seq:
+            log.info("recovered the feedback log (snapshot seq %d, %d WAL records replayed)", state.snapshot_seq,
+                     state.replayed)
+        collection = await asyncio.to_thread(_bundle_collection, model.spec, self.index_config)
+        self.journal.open_log(dirty=state.replayed > 0)
+        return collection
+
+    async def next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> Collection:
+        if not model.spec.index:
+            raise ValueError(f"{model.spec.name}/{model.spec.version} is not an index bundle: this replica serves "
+                             "read-only index bundles (restart it to serve a model)")
+        status.update(state="loading index")
+        return await asyncio.to_thread(_bundle_collection, model.spec, self.index_config)
+
+    async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
+        """Nothing: no document writes are taken."""
+
+    def refuse_writes(self, model: EmbeddingModel) -> None:
+        raise ReadOnlyIndex(f"this replica serves the read-only index bundle {model.spec.name}/"
+                            f"{model.spec.version}: publish a new version (python -m service build-index) instead")

@@ -1,0 +1,89 @@
+"""The FAISS modes: documents in a collection in this process, kept by a journal (local or in memory).
+
+* local (``--data_dir``, :class:`~service.storage.journal.WalJournal`): at start the WAL and the
+  last snapshot are recovered; documents another model version embedded (a restart on a new model)
+  are re-embedded before the replica is ready, so it never searches mixed vectors.
+* in memory (no ``--data_dir``, :class:`~service.storage.journal.Journal`): a start is empty.
+
+A reload re-embeds every live document with the new model into a new collection while the old one
+serves; the writes acknowledged meanwhile are replayed into it at the swap, embedded by the new
+model. A snapshot holds the live documents and their vectors, and compacts the index when worthwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..documents import Document
+from ..index import Collection, IndexConfig
+from .base import Write
+from .journal import Journal, JournaledStorage
+
+if TYPE_CHECKING:
+    from ..generation import Generation
+    from ..model import EmbeddingModel
+
+log = logging.getLogger("service.storage")
+
+
+class EmbeddedStorage(JournaledStorage):
+    """FAISS in process; durable when the journal is (``--data_dir``)."""
+
+    def __init__(self, settings, journal: Journal, index_config: IndexConfig) -> None:
+        super().__init__(settings, journal)
+        self.index_config = index_config
+
+    async def open(self, model: EmbeddingModel) -> Collection:
+        state = await asyncio.to_thread(self.journal.recover)
+        docs: list[Document] = []
+        vectors: list[np.ndarray] = []
+        stale: list[Document] = []
+        for doc in state.docs.values():
+            vector, version = state.embedded[doc.id]
+            if version == model.spec.version and len(vector) == model.dimension:
+                docs.append(doc)
+                vectors.append(vector)
+            else:  # embedded by another model version
+                stale.append(doc)
+        if state.seq:
+            log.info("recovered %d documents (snapshot seq %d, %d WAL records replayed, %d to re-embed)",
+                     len(state.docs), state.snapshot_seq, state.replayed, len(stale))
+        matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, model.dimension), np.float32)
+        if stale:
+            t0 = time.perf_counter()
+            matrix = np.concatenate([matrix, await model.embed_bulk([d.text for d in stale])])
+            docs += stale
+            log.info("re-embedded %d documents with %s in %.1fs", len(stale), model.spec.version,
+                     time.perf_counter() - t0)
+        collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                             model.spec.version, docs, matrix)
+        self.journal.open_log(dirty=bool(stale or state.replayed))
+        return collection
+
+    async def next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> Collection:
+        if model.spec.index:
+            raise ValueError(f"{model.spec.name}/{model.spec.version} is a read-only index bundle: this replica "
+                             "serves a model and its own documents (restart it to serve the bundle)")
+        docs, _ = await old.run(old.collection.live)
+        status.update(state="re-embedding", documents=len(docs), done=0)
+        vectors = await model.embed_bulk([d.text for d in docs], progress=lambda n: status.__setitem__("done", n))
+        return await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
+                                       model.spec.version, docs, vectors)
+
+    async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
+        for write in writes:  # the vectors of an upsert are the old model's: embed it again
+            if not write.deleted:
+                write = Write(write.docs, await new.model.embed_bulk([d.text for d in write.docs]))
+            await new.run(write.apply, new.collection)
+
+    async def snapshot_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
+        docs, vectors = await gen.run(gen.collection.live)
+        if gen.collection.needs_rebuild():
+            await gen.run(gen.collection.rebuild)
+        return docs, vectors

@@ -1,0 +1,47 @@
+"""Choose the storage mode, once, at start: from the settings and whether the model is an index bundle.
+
+======================================== ==============================================================
+the model's bundle and settings           storage
+======================================== ==============================================================
+an index bundle (``spec.index``)          :class:`~.bundle.BundleStorage` (feedback: WAL with
+                                          ``--data_dir``, else memory); ``--index milvus`` is refused
+``--index milvus``                        :class:`~.milvus.MilvusStorage` (``--data_dir`` unused)
+``--data_dir``                            :class:`~.embedded.EmbeddedStorage` with a WAL (local)
+neither                                   :class:`~.embedded.EmbeddedStorage` in memory
+======================================== ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..backends.base import ModelSpec
+from ..index import IndexConfig
+from ..store import DurableStore
+from .base import Storage
+from .bundle import BundleStorage
+from .embedded import EmbeddedStorage
+from .journal import Journal, WalJournal
+from .milvus import MilvusStorage
+
+log = logging.getLogger("service.storage")
+
+
+def open_storage(settings, spec: ModelSpec, waiting: Callable[[str | None], None]) -> Storage:
+    """The storage for ``settings`` serving ``spec``'s bundle (nothing is read yet: see ``Storage.open``).
+    ``waiting`` hears what a start waits for (an unreachable Milvus), for ``/ready``."""
+    if settings.index == "milvus":
+        if spec.index:
+            raise ValueError(f"{spec.name} is a read-only FAISS index bundle: serve it without --index milvus")
+        if settings.data_dir is not None:
+            log.warning("--data_dir is not used with --index milvus: documents and feedback live in Milvus")
+        return MilvusStorage(settings, waiting)
+    config = IndexConfig.from_settings(settings)
+    journal = (WalJournal(DurableStore(settings.data_dir), settings.snapshot_every) if settings.data_dir is not None
+               else Journal())
+    if spec.index:
+        return BundleStorage(settings, journal, config)
+    if settings.data_dir is None:
+        log.warning("no --data_dir: documents live in memory only and are lost on restart")
+    return EmbeddedStorage(settings, journal, config)
