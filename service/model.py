@@ -29,8 +29,9 @@ from export.runtime import InputTooLong, TextTokenizer, uses_cuda
 
 from .backends.base import Backend, BackendError, ModelSpec
 from .backends.factory import load_backend
+from .backpressure import until_accepted
 from .batching import BatchQueue, EmbedResult
-from .errors import Overloaded, TooLarge
+from .errors import TooLarge
 from .metrics import ServiceMetrics
 from .settings import Settings
 
@@ -95,12 +96,7 @@ class EmbeddingModel:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), self.bulk_chunk):
             chunk = texts[start:start + self.bulk_chunk]
-            while True:
-                try:
-                    result, _ = await self.embed(chunk, is_query=is_query)
-                    break
-                except Overloaded:
-                    await asyncio.sleep(0.05)
+            result, _ = await until_accepted(self.embed, chunk, is_query=is_query)
             out[start:start + len(chunk)] = result.vectors
             if progress is not None:
                 progress(start + len(chunk))
