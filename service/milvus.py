@@ -176,11 +176,21 @@ class MilvusStore:
                           properties={"qaembed.model_name": self.settings.name or "",
                                       "qaembed.model_version": version, "qaembed.state": "building"})
                 log.info("created collection %s (dim %d, %s)", name, dim, self.settings.milvus_index_type)
-            except IndexUnavailable as exc:  # another replica created it first
-                if not self.call(self.client.has_collection, name):
+            except IndexUnavailable as exc:  # another replica created it first, or is creating it right now
+                if not self._appears(name):
                     raise exc from None
         self.call(self.client.load_collection, name)
         return MilvusCollection(self, name, dim, version)
+
+    def _appears(self, name: str, wait_s: float = 5.0) -> bool:
+        """Whether collection ``name`` exists within ``wait_s``: two replicas starting together both try to
+        create it, and the loser's create can fail before the winner's is visible."""
+        deadline = time.monotonic() + wait_s
+        while not self.call(self.client.has_collection, name):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def _build_params(self) -> dict:
         kind = self.settings.milvus_index_type
@@ -224,7 +234,7 @@ class MilvusStore:
                 self.call(self.client.create_collection, self.feedback_name, schema=schema, index_params=index,
                           consistency_level="Strong")
             except IndexUnavailable:
-                if not self.call(self.client.has_collection, self.feedback_name):
+                if not self._appears(self.feedback_name):
                     raise
         self.call(self.client.load_collection, self.feedback_name)
         return self.feedback_name
