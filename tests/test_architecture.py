@@ -7,6 +7,9 @@
   which starts it).
 - Dependencies run one way, training → export → retrain / service: training imports nothing of export,
   retrain or service; export nothing of retrain or service; service nothing of retrain.
+- Inside the service, http → engine → model / storage: only the HTTP layer imports ``service.http`` and
+  ``service.engine``; the model side (``service.model``, ``service.batching``, ``service.backends``) imports
+  nothing of the engine, the generations or storage.
 - No import circles in training/, export/, retrain/, service/.
 - No module there over 400 lines.
 
@@ -46,6 +49,12 @@ TORCH_BACKEND = "service.backends.torch"
 HTTP_LAYER = ("service.http", "service.__main__")
 NEVER_IMPORTS = {"training": ("export", "retrain", "service"), "export": ("retrain", "service"),
                  "service": ("retrain",)}
+# Inside the service, http → engine → model / storage: the top two are imported from above only, and the model
+# side (runtime pre/post, batching, backends) knows nothing of where documents live.
+IMPORTED_ONLY_BY = {"service.http": HTTP_LAYER, "service.engine": HTTP_LAYER}
+MODEL_SIDE = ("service.model", "service.batching", "service.backends")
+STORAGE_SIDE = ("service.engine", "service.http", "service.generation", "service.storage", "service.collection",
+                "service.index", "service.milvus", "service.store", "service.wal")
 MAX_LINES = 400
 
 
@@ -340,6 +349,17 @@ def test_dependencies_run_one_way() -> None:
     wrong = [f"{imp.where}: {imp.source} imports {imp.target}" for imp in all_imports()
              if imp.target.split(".")[0] in NEVER_IMPORTS.get(imp.source.split(".")[0], ())]
     assert not wrong, "training → export → retrain/service, never backwards:\n" + "\n".join(wrong)
+
+
+def test_service_layers() -> None:
+    wrong = []
+    for imp in all_imports():
+        for layer, importers in IMPORTED_ONLY_BY.items():
+            if within(imp.target, layer) and not any(within(imp.source, i) for i in importers):
+                wrong.append(f"{imp.where}: {imp.source} imports {imp.target} (only {', '.join(importers)} may)")
+        if any(within(imp.source, m) for m in MODEL_SIDE) and any(within(imp.target, s) for s in STORAGE_SIDE):
+            wrong.append(f"{imp.where}: {imp.source} imports {imp.target} (the model side knows no storage)")
+    assert not wrong, "inside the service, http → engine → model / storage:\n" + "\n".join(wrong)
 
 
 def test_no_module_over_400_lines() -> None:
