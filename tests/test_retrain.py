@@ -143,5 +143,6 @@ def test_feedback_url_fetches_and_explains_http_failures(tmp_path, monkeypatch):
         assert fetch_feedback(url + "/none-yet", tmp_path / "g.jsonl", log=lambda _: None) == []
     finally:
         server.shutdown()
+        server.server_close()  # refused at once (a listening socket nobody serves would hang until the timeout)
     with pytest.raises(RetrainError, match="feedback from http://127.0.0.1:"):
         fetch_feedback(url + "/feedback/export", tmp_path / "h.jsonl", log=lambda _: None)
