@@ -141,8 +141,8 @@ def _retrain(argv: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", RETRAIN, *argv], check=False).returncode
 
 
-def _latest_or_none(registry: str, name: str) -> str | None:
+def _latest_or_none(root: str, name: str) -> str | None:
     try:
-        return latest_version(registry, name)
+        return latest_version(root, name)
     except BundleError:
         return None
