@@ -26,7 +26,7 @@ import pytest
 from export.bundle import latest_version, list_versions, open_bundle
 from export.cli import main as export_cli
 from retrain.cli import main as retrain_cli
-from service.engine import corpus_id
+from service.corpus import corpus_id
 from tests.conftest import EXAMPLES, ROOT
 from tests.test_retrain import FAST, write_jsonl
 from tests.test_service_durability import ServiceProcess
