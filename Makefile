@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 DEMO_DIR ?= demo-data
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean settings-table
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: install
 
 demo: install
 	PY=$(PY) DEMO_DIR=$(DEMO_DIR) scripts/demo.sh
+
+# docs/operations.md's settings table, from service/settings.py (run after adding a setting)
+settings-table: install
+	$(PY) scripts/settings_table.py
 
 bench: install
 	$(PY) bench/run_all.py

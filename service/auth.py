@@ -14,7 +14,8 @@ middleware looks the level up for the matched route and asks :meth:`KeyChecker.c
   out reloads and users' queries.
 
 Keys are compared with :func:`hmac.compare_digest` against every configured key (no early exit)
-and never logged.
+and never logged. They are printable ASCII (:class:`~service.settings.Settings` refuses others at start), the
+one alphabet every HTTP client sends byte for byte: a header with other bytes matches no key.
 
 Example::
 

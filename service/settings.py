@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,12 @@ MILVUS_INDEX_TYPES = ("AUTOINDEX", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
 MILVUS_CONSISTENCY = ("Strong", "Bounded", "Session", "Eventually")
 VARIANTS = ("auto", "int8", "onnx", "onnx-optimized", "fp16")
 DEFAULT_RELOAD_INTERVAL = 30.0
+# docs/operations.md holds Settings.table() between these two lines (scripts/settings_table.py writes it)
+TABLE_BEGIN = "<!-- settings table: generated from service/settings.py by `make settings-table` -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+_SECRETS = ("api_key", "admin_api_key", "milvus_token")
 
 
 class SettingsError(ValueError):
@@ -79,6 +86,12 @@ class Settings:
     max_input_chars: int = 20000
     max_body_bytes: int = 4 * 1024 * 1024
     max_top_k: int = 100
+    max_response_bytes: int = 8 * 1024 * 1024  # one /search answer, estimated before it is built (413 above)
+    max_metadata_bytes: int = 64 * 1024  # one document's metadata as JSON (413 on upsert above)
+    # connections: what a slow or idle client may hold (uvicorn's limits and the body read deadline)
+    keep_alive_s: float = 5.0
+    max_connections: int = 1000
+    body_timeout_s: float = 30.0
     # index
     index: str = "auto"
     flat_max: int = 50_000  # auto: exact search up to this many documents, IVF-SQ8 above
@@ -104,6 +117,7 @@ class Settings:
     # operations
     log_level: str = "info"
     ready_timeout_s: float = 600.0
+    strict_env: bool = False
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -113,51 +127,67 @@ class Settings:
             description="qaembed embedding and semantic-search service. Every flag is also QAEMBED_<FLAG>.",
         )
         add = p.add_argument
-        add("--registry", type=Path, help="artifact registry folder (export/)")
-        add("--name", help="model name in the registry")
-        add("--version", help="bundle version (default: LATEST)")
-        add("--data_dir", type=Path, help="state folder: documents, snapshots, write-ahead log")
-        add("--corpus", type=Path, nargs="*", help="QA data file(s); answers/passages become documents")
-        add("--host")
-        add("--port", type=int)
+        add("--registry", type=Path, help="artifact registry folder (written by python -m export)")
+        add("--name", help="bundle name in the registry")
+        add("--version", help="bundle version to serve (unset: the one LATEST names)")
+        add("--data_dir", type=Path,
+            help="state folder: documents, snapshots, write-ahead log, feedback (unset: documents live in memory)")
+        add("--corpus", type=Path, nargs="*",
+            help="QA data file(s) whose answers/passages become documents at start (os.pathsep-separated in the "
+                 "variable)")
+        add("--host", help="listen address (0.0.0.0: every interface)")
+        add("--port", type=int, help="listen port")
         add("--api_key", help="Bearer key(s) for data routes, comma-separated (prefer the env var)")
         add("--admin_api_key", help="Bearer key(s) for /admin routes, comma-separated (prefer the env var)")
-        add("--backend", choices=("onnx", "torch"))
-        add("--variant", choices=VARIANTS)
-        add("--device", choices=("auto", "cpu", "cuda"))
+        add("--backend", choices=("onnx", "torch"), help="inference: the bundle's ONNX files, or a PyTorch folder")
+        add("--variant", choices=VARIANTS, help="bundle variant to serve (auto: int8 on CPU, onnx fp32 on CUDA)")
+        add("--device", choices=("auto", "cpu", "cuda"), help="where inference runs")
         add("--torch_model", type=Path, help="sentence-transformers folder for --backend torch")
-        add("--intra_op_threads", type=int)
-        add("--inference_workers", type=int, help="forward passes run at once (default: the backend's choice)")
-        add("--max_batch_tokens", type=int)
-        add("--max_batch_size", type=int)
-        add("--max_wait_ms", type=float)
-        add("--max_queue_size", type=int)
-        add("--warmup", type=_bool)
-        add("--max_inputs", type=int)
-        add("--max_input_chars", type=int)
-        add("--max_body_bytes", type=int)
-        add("--max_top_k", type=int)
+        add("--intra_op_threads", type=int, help="ONNX Runtime threads per forward pass (0: every CPU core)")
+        add("--inference_workers", type=int,
+            help="forward passes run at once (0: the backend's choice, 2 for ONNX on CPU, else 1)")
+        add("--max_batch_tokens", type=int, help="padded tokens (batch × longest text) per forward pass")
+        add("--max_batch_size", type=int, help="texts per forward pass")
+        add("--max_wait_ms", type=float, help="how long a forward pass waits for more texts to batch")
+        add("--max_queue_size", type=int, help="texts waiting for inference; requests beyond it get 429")
+        add("--warmup", type=_bool, help="run forward passes at start, before /ready")
+        add("--max_inputs", type=int, help="texts per request")
+        add("--max_input_chars", type=int, help="characters per text")
+        add("--max_body_bytes", type=int, help="request body size limit (413 above)")
+        add("--max_top_k", type=int, help="largest top_k a search may ask for")
+        add("--max_response_bytes", type=int,
+            help="size limit of one /search answer, estimated from the stored texts and metadata before it is built "
+                 "(413 above: lower top_k, send fewer queries or ask without text/metadata)")
+        add("--max_metadata_bytes", type=int, help="size limit of one document's metadata as JSON (413 on upsert)")
+        add("--keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open")
+        add("--max_connections", type=int,
+            help="connections and requests at once; beyond it uvicorn answers 503 (plain text) and closes")
+        add("--body_timeout_s", type=float,
+            help="seconds a request body may take to arrive in full (408 and the connection closed after)")
         add("--index", choices=INDEX_TYPES, help="FAISS index type (auto = faiss) or milvus")
-        add("--flat_max", type=int)
-        add("--nlist", type=int)
-        add("--nprobe", type=int)
-        add("--hnsw_m", type=int)
-        add("--ef_construction", type=int)
-        add("--ef_search", type=int)
-        add("--pq_m", type=int)
-        add("--index_threads", type=int)
+        add("--flat_max", type=int, help="--index auto: exact search up to this many documents, IVF-SQ8 above")
+        add("--nlist", type=int, help="IVF lists (0: 2·√documents)")
+        add("--nprobe", type=int, help="IVF lists searched per query")
+        add("--hnsw_m", type=int, help="HNSW links per node")
+        add("--ef_construction", type=int, help="HNSW search width while building")
+        add("--ef_search", type=int, help="HNSW search width per query")
+        add("--pq_m", type=int, help="IVF-PQ sub-quantizers per vector")
+        add("--index_threads", type=int, help="FAISS threads per search (inference has the other cores)")
         add("--milvus_uri", help="Milvus URI for --index milvus (http://host:19530 or a Milvus Lite file.db)")
         add("--milvus_token", help="Milvus token (prefer QAEMBED_MILVUS_TOKEN or --milvus_token_file)")
         add("--milvus_token_file", type=Path, help="file holding the Milvus token (a mounted Secret)")
         add("--milvus_prefix", help="prefix of the Milvus collection and alias names")
-        add("--milvus_index_type", choices=MILVUS_INDEX_TYPES)
-        add("--milvus_consistency", choices=MILVUS_CONSISTENCY)
-        add("--snapshot_every", type=int)
+        add("--milvus_index_type", choices=MILVUS_INDEX_TYPES, help="index type of new Milvus collections")
+        add("--milvus_consistency", choices=MILVUS_CONSISTENCY,
+            help="Milvus read consistency (Strong: read-your-writes across replicas; Bounded: faster, seconds stale)")
+        add("--snapshot_every", type=int, help="write-ahead-log records between snapshots")
         add("--reload_interval", type=float,
             help=f"seconds between checks of LATEST for a new version (0 = off; default {DEFAULT_RELOAD_INTERVAL:g}, "
                  "off when --version is pinned)")
-        add("--log_level", choices=("debug", "info", "warning", "error"))
-        add("--ready_timeout_s", type=float)
+        add("--log_level", choices=("debug", "info", "warning", "error"), help="log level")
+        add("--strict_env", type=_bool, nargs="?", const=True,
+            help=f"refuse to start when a {ENV_PREFIX}* variable is not a setting (a misspelling) instead of warning")
+        add("--ready_timeout_s", type=float, help="how long start-up may wait for Milvus before it fails")
         p.set_defaults(**{a.dest: None for a in p._actions if a.dest != "help"})
         return p
 
@@ -181,6 +211,9 @@ class Settings:
                     raise SettingsError(f"{ENV_PREFIX}{dest.upper()}: {exc}") from None
             if value is not None:
                 values[dest] = value
+        misspelt = unknown_variables(env)
+        if misspelt and values.get("strict_env"):
+            raise SettingsError("; ".join(misspelt) + " (--strict_env refuses to start with unknown variables)")
         return cls.build(**values)
 
     @staticmethod
@@ -227,7 +260,8 @@ class Settings:
         if not 0 < self.port < 65536 and self.port != 0:
             raise SettingsError(f"--port must be in 1..65535, got {self.port}")
         for name in ("max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_input_chars",
-                     "max_body_bytes", "max_top_k", "flat_max", "nprobe", "hnsw_m", "ef_construction",
+                     "max_body_bytes", "max_top_k", "max_response_bytes", "max_metadata_bytes", "max_connections",
+                     "keep_alive_s", "body_timeout_s", "flat_max", "nprobe", "hnsw_m", "ef_construction",
                      "ef_search", "pq_m", "index_threads", "snapshot_every"):
             positive(name)
         for name in ("max_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
@@ -254,6 +288,14 @@ class Settings:
                                 f"{self.milvus_prefix!r}")
         if set(self.api_key) & set(self.admin_api_key):
             raise SettingsError("--api_key and --admin_api_key must differ")
+        for name in ("api_key", "admin_api_key"):
+            for number, key in enumerate(getattr(self, name), 1):
+                if not re.fullmatch(r"[!-~]+", key):  # the key itself is never shown: it is a secret
+                    raise SettingsError(
+                        f"--{name} ({ENV_PREFIX}{name.upper()}): key {number} has a character other than printable "
+                        "ASCII (or a space): such a key could never match, HTTP clients send those characters as "
+                        "latin-1, as UTF-8 or not at all. Use letters, digits and punctuation, e.g. from "
+                        "`openssl rand -hex 32`")
 
     @property
     def latest_poll_s(self) -> float:
@@ -268,12 +310,37 @@ class Settings:
         if missing:
             raise SettingsError("missing " + " and ".join(missing))
 
+    @classmethod
+    def table(cls) -> str:
+        """Every setting as a Markdown table (flag, variable, default, meaning): the one in docs/operations.md,
+        rewritten by ``make settings-table``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+        for action in cls.parser()._actions:
+            if action.dest == "help":
+                continue
+            default = defaults[action.dest]
+            shown = str(default).lower() if isinstance(default, bool) else "" if default in (None, ()) else default
+            meaning = (action.help or "").replace("|", "\\|")
+            if action.choices:
+                meaning += f" ({', '.join(map(str, action.choices))})"
+            rows.append(f"| `--{action.dest}` | `{ENV_PREFIX}{action.dest.upper()}` | "
+                        f"{f'`{shown}`' if shown != '' else '—'} | {meaning} |")
+        return "\n".join(rows) + "\n"
+
+    def summary(self) -> str:
+        """The settings that differ from their defaults, ``name=value`` (keys shown as ``set``): the start-up log
+        line, short enough to read."""
+        defaults = Settings().public()
+        changed = {k: v for k, v in self.public().items() if v != defaults[k]}
+        return " ".join(f"{k}={'set' if v is True and k in _SECRETS else v}" for k, v in changed.items()) or "defaults"
+
     def public(self) -> dict[str, object]:
         """Settings safe to show (keys reduced to whether they are set)."""
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("api_key", "admin_api_key", "milvus_token"):
+            if f.name in _SECRETS:
                 value = bool(value)
             elif isinstance(value, Path):
                 value = str(value)
@@ -281,3 +348,18 @@ class Settings:
                 value = [str(v) for v in value]
             out[f.name] = value
         return out
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One message per ``QAEMBED_*`` variable in ``env`` that is no setting, naming the closest real one: a
+    misspelt ``QAEMBED_API_KEYS`` would otherwise be ignored in silence and leave every route open."""
+    names = [f.name.upper() for f in dataclasses.fields(Settings)]
+    messages = []
+    for variable in sorted(v for v in env if v.startswith(ENV_PREFIX)):
+        name = variable[len(ENV_PREFIX):]
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        messages.append(f"{variable} is not a setting{hint}")
+    return messages

@@ -4,6 +4,9 @@ keys."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from service.auth import Access, KeyChecker, is_loopback
 from service.http import app as http_app
 from service.http.routes import ROUTE_ACCESS, unrouted_access
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 DATA, ADMIN, OPEN = Access.DATA, Access.ADMIN, Access.OPEN
 
@@ -72,3 +75,35 @@ def test_a_route_without_a_declared_access_is_not_served(monkeypatch):
     monkeypatch.setattr(http_app, "add_routes", lambda app: app.add_api_route("/secret", lambda: {}))
     with pytest.raises(RuntimeError, match="/secret"):
         http_app.create_app(Settings.build(registry="r", name="m"))
+
+
+def test_a_key_other_than_printable_ascii_is_refused_at_start(tmp_path):
+    """Starlette reads the header as latin-1, clients send such characters as UTF-8, latin-1 or not at all: a
+    key like 'şifre' could never match, so the service refuses it before it serves a single route."""
+    for keys in ({"api_key": "ok-key,şifre"}, {"admin_api_key": "pass word"}, {"api_key": "tab\tkey"}):
+        with pytest.raises(SettingsError, match="printable ASCII"):
+            Settings.build(registry="r", name="m", **keys)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("QAEMBED_")}, "QAEMBED_API_KEY": "şifre-123"}
+    start = subprocess.run([sys.executable, "-m", "service", "--registry", str(tmp_path), "--name", "m", "--port", "0"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 2, start.stderr
+    assert start.stderr.startswith("error: --api_key (QAEMBED_API_KEY): key 1 has a character other than printable")
+    assert "şifre" not in start.stderr  # the secret is not echoed
+
+
+def test_a_header_with_non_ascii_bytes_is_a_401_and_ascii_keys_match_byte_for_byte():
+    app = http_app.create_app(Settings.build(registry="r", name="m", api_key="k3y-ab!~", admin_api_key="adm"))
+
+    async def run() -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            answers = []
+            for value in (b"Bearer k3y-ab!~", "Bearer şifre".encode(), "Bearer k3y-ab!~é".encode("latin-1"),
+                          b"Bearer k3y-ab!~\xff", "Bearer k3y-ab!~".encode("utf-16-le")):
+                r = await c.get("/documents/x", headers={"Authorization": value})
+                answers.append((r.status_code, r.json()["error"]["message"] if r.status_code == 401 else ""))
+            return answers
+
+    # the right key passes authentication (then 503 or 404: no model is loaded here), the others are a 401
+    first, *others = asyncio.run(run())
+    assert first[0] not in (401, 403, 500)
+    assert others == [(401, "invalid API key")] * 3 + [(401, "missing API key: send 'Authorization: Bearer <key>'")]

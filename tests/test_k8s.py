@@ -235,6 +235,10 @@ def test_serving_configmap_is_valid_service_settings(overlay: str) -> None:
         assert key.startswith("QAEMBED_") and key[len("QAEMBED_"):] in fields, key
     built = settings.Settings.from_sources([], env=env)
     assert str(built.registry) == "/registry" and built.host == "0.0.0.0"
+    # a misspelt variable stops the pod; Kubernetes' own QAEMBED_SERVICE_HOST & co. for the Service `qaembed` are off
+    assert built.strict_env and deploy["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    with pytest.raises(settings.SettingsError, match=r"did you mean QAEMBED_API_KEY\?"):
+        settings.Settings.from_sources([], env={**env, "QAEMBED_API_KEYS": "k"})
     assert built.port == c["ports"][0]["containerPort"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     if built.index == "milvus":  # stateless: no data dir, the Milvus token from a mounted Secret
