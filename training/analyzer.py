@@ -4,15 +4,16 @@ An :class:`Analyzer` normalises (NFC; lowercase, Turkish-aware for ``tr``), spli
 Unicode letters and digits: punctuation, apostrophes and underscores separate) and stems each token. Three
 named configurations, chosen per deployment:
 
-| name     | lowercase                       | stemmer                                 |
-|----------|---------------------------------|-----------------------------------------|
-| `tr`     | Turkish: ``I``→``ı``, ``İ``→``i`` | snowball Turkish (PyStemmer)          |
-| `en`     | generic                         | snowball English                        |
-| `simple` | generic                         | none                                    |
+| name     | lowercase                         | stemmer                                  |
+|----------|-----------------------------------|------------------------------------------|
+| `tr`     | Turkish: ``I``→``ı``, ``İ``→``i`` | first 5 characters (or snowball Turkish) |
+| `en`     | generic                           | snowball English                         |
+| `simple` | generic                           | none                                     |
 
-``tr`` may instead cut tokens to their first N characters (``stemmer="prefix"``): a crude stem that the issue
-measured first; ``bench/bench_lexical.py`` measures both on the shared Turkish data and ``tr``'s default
-stemmer is the better one there (docs/benchmarks/lexical.md).
+``tr`` stems by cutting each token to its first N characters (``stemmer="prefix"``, N = 5), or with PyStemmer's
+snowball Turkish stemmer (``stemmer="snowball"``): ``bench/bench_lexical.py`` measured both on the shared Turkish
+data, and the prefix gave the better BM25 MRR@10 on every set (docs/benchmarks/lexical.md). Turkish is
+agglutinative: a 5-character prefix keeps most roots and drops the suffix chains the snowball rules miss.
 
 An index built with one analyzer answers queries analysed by another wrongly and silently, so whoever stores
 an index records :meth:`Analyzer.describe` (name, stemmer, prefix length, version) beside it and rebuilds it
@@ -23,6 +24,8 @@ Example::
 
     >>> from training.analyzer import Analyzer
     >>> Analyzer.named("tr").terms("İSTANBUL'daki Işıklar")
+    ['istan', 'daki', 'ışıkl']
+    >>> Analyzer.named("tr", stemmer="snowball").terms("İSTANBUL'daki Işıklar")
     ['istanbul', 'daki', 'ışık']
     >>> Analyzer.named("simple").terms("Hello, World_2!")
     ['hello', 'world', '2']
@@ -49,7 +52,7 @@ DEFAULT_PREFIX_LENGTH = 5
 _WORD = re.compile(r"[^\W_]+")
 _SNOWBALL_LANGUAGE = {"tr": "turkish", "en": "english"}
 # The name's stemmer unless told otherwise: tr's was chosen by bench/bench_lexical.py.
-_DEFAULT_STEMMER = {"tr": "snowball", "en": "snowball", "simple": "none"}
+_DEFAULT_STEMMER = {"tr": "prefix", "en": "snowball", "simple": "none"}
 
 
 class AnalyzerError(ValueError):
@@ -60,8 +63,8 @@ class AnalyzerError(ValueError):
 class Analyzer:
     """One analyzer configuration; build it with :meth:`named` or :meth:`from_description`."""
 
-    name: str = DEFAULT_ANALYZER
-    stemmer: str = _DEFAULT_STEMMER[DEFAULT_ANALYZER]
+    name: str
+    stemmer: str
     prefix_length: int | None = None  # with stemmer="prefix" only
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.analyzer import Analyzer
+from training.analyzer import DEFAULT_ANALYZER, Analyzer
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -72,7 +72,7 @@ class LexicalIndex:
     def open(cls, path: str | Path = ":memory:", analyzer: Analyzer | None = None,
              table: str = "lexical") -> LexicalIndex:
         """An index on a connection of its own: ``:memory:`` (the default) or a database file."""
-        return cls(sqlite3.connect(str(path)), analyzer or Analyzer.named("tr"), table)
+        return cls(sqlite3.connect(str(path)), analyzer or Analyzer.named(DEFAULT_ANALYZER), table)
 
     def add(self, key: int, text: str) -> None:
         """Index ``text`` under ``key``, replacing what ``key`` held."""

@@ -53,9 +53,24 @@ class RetrievalTask:
 
 def evaluate(task: RetrievalTask, encode_queries: Encoder, encode_passages: Encoder, k: int = 10) -> dict:
     """Encode both sides, rank the corpus by cosine similarity and return :data:`METRIC_NAMES`."""
+    return evaluate_rankings(task, top_k_ids(similarity(task, encode_queries, encode_passages), k))
+
+
+def evaluate_rankings(task: RetrievalTask, ranked: Sequence[Sequence[int]]) -> dict:
+    """:data:`METRIC_NAMES` of any ranker's corpus ids per query, best first (a list may be shorter than 10).
+
+    The lexical and hybrid rankings (``training.retrieval``) are scored here, exactly as the dense one.
+    """
+    if len(ranked) != len(task.queries):
+        raise ValueError(f"{len(ranked)} rankings for {len(task.queries)} queries")
+    return ranking_metrics(ranked, task.relevant)
+
+
+def similarity(task: RetrievalTask, encode_queries: Encoder, encode_passages: Encoder) -> np.ndarray:
+    """Cosine similarity of every query (rows) with every corpus passage (columns)."""
     queries = _unit_rows(encode_queries(list(task.queries)))
     passages = _unit_rows(encode_passages(list(task.corpus)))
-    return ranking_metrics(top_k_ids(queries @ passages.T, k), task.relevant)
+    return queries @ passages.T
 
 
 def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
@@ -65,7 +80,7 @@ def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:, :k]
 
 
-def ranking_metrics(ranked: np.ndarray, relevant: Sequence[frozenset[int]]) -> dict:
+def ranking_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[frozenset[int]]) -> dict:
     """Accuracy@{1,3,10}, MRR@10, nDCG@10 (binary relevance) and Recall@10 of ranked id lists."""
     totals = dict.fromkeys(METRIC_NAMES, 0.0)
     for ids, gold in zip(ranked, relevant):
