@@ -44,7 +44,7 @@ from .metrics import ServiceMetrics
 from .model import EmbeddingModel, open_serving_model
 from .settings import Settings
 from .storage.base import Storage, Write, durability_facts
-from .storage.factory import open_storage
+from .storage.factory import DataDirLocked, open_storage
 from .store import WriteFailed
 
 log = logging.getLogger("service.engine")
@@ -110,7 +110,7 @@ class Engine:
         except Exception as exc:
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("start failed")
+            log.error("start failed: %s", exc, exc_info=not isinstance(exc, DataDirLocked))  # names the holder
             raise
 
     async def _start(self) -> None:

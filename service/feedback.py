@@ -20,7 +20,8 @@ becomes is what the user actually judged even if a document is edited or deleted
 Queries are compared exactly after trimming surrounding whitespace.
 
 ``python -m service export-feedback --data_dir DIR --out feedback.jsonl`` writes the same file as
-``GET /feedback/export`` from a data directory, with or without a server running on it; with
+``GET /feedback/export`` from a data directory, with or without a server running on it (it only reads
+there, so it takes no lock: :mod:`service.storage.lock`); with
 ``QAEMBED_INDEX=milvus`` (and ``QAEMBED_MILVUS_URI``, ``QAEMBED_NAME``) from the Milvus feedback
 collection that every replica writes to.
 

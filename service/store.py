@@ -23,6 +23,8 @@ Layout of the data directory::
   error the log refuses writes (``broken``) until a restart recovers from the disk.
 * Vectors travel with the documents and record the model version that computed them, so a restart
   with the same model re-embeds nothing.
+* One writer per directory: the server's storage takes the directory's lock before it opens a store
+  here (:mod:`service.storage.lock`); readers (``create=False``) need none.
 
 Example::
 

@@ -16,6 +16,7 @@ from service.documents import Document
 from service.feedback import make_record, to_training, write_jsonl
 from service.http.routes import ROUTE_ACCESS
 from service.settings import Settings, SettingsError
+from service.storage.lock import DataDirLock
 from service.store import DurableStore
 from tests.conftest import ROOT
 from training.data import load_qa_data
@@ -98,8 +99,10 @@ def test_export_feedback_cli(tmp_path):
     store.append_feedback(fb("Nasıl?", "a", ["b"]))
     out = tmp_path / "fb.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "service", "export-feedback", "--data_dir", str(tmp_path / "data"),
-                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    with DataDirLock(tmp_path / "data"):  # a server writing there: the export only reads, so it needs no lock
+        run = subprocess.run([sys.executable, "-m", "service", "export-feedback", "--data_dir",
+                              str(tmp_path / "data"), "--out", str(out)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert load_qa_data([out]).records[0].negatives == ("text of b",)
     bad = subprocess.run([sys.executable, "-m", "service", "export-feedback", "--data_dir", str(tmp_path / "none"),

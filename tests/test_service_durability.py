@@ -190,3 +190,39 @@ def test_bad_settings_exit_2_and_missing_bundle_exit_1(tmp_path):
                         "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stdout
+
+
+def test_a_second_server_on_one_data_dir_is_refused_until_the_first_dies(bundle, tmp_path):
+    """Two servers on one data directory both acknowledged writes, and a restart found half of them. The
+    second one must exit at start, its log naming the lock and the first process; the first keeps serving;
+    the lock dies with its holder (kill -9), so the lock file it leaves behind blocks no one."""
+    registry, name = bundle
+    data = tmp_path / "data"
+    first = ServiceProcess(registry, name, data, "--api_key", "secret-key")
+    try:
+        c = first.wait_ready()
+        c.headers["Authorization"] = "Bearer secret-key"
+        assert c.post("/documents", json={"documents": [{"id": "a", "text": "birinci yazı"}]}).status_code == 200
+        second = ServiceProcess(registry, name, data)
+        try:
+            assert second.proc.wait(120) == 1
+        finally:
+            second.close()
+        log = second.log.read_text()
+        assert "Traceback" not in log, log
+        refusal = next(line for line in log.splitlines() if "start failed" in line)
+        assert str(data / "LOCK") in refusal and f"pid {first.proc.pid} " in refusal, refusal
+        assert f"--data_dir {data}" in refusal and "--api_key ***" in refusal and "secret-key" not in refusal
+        assert c.post("/documents", json={"documents": [{"id": "b", "text": "ikinci yazı"}]}).status_code == 200
+        assert c.get("/ready").json()["documents"] == 2
+        first.kill9()
+    finally:
+        first.close()
+    assert json.loads((data / "LOCK").read_text())["pid"] == first.proc.pid  # stale, left by the dead one
+    again = ServiceProcess(registry, name, data)
+    try:
+        c = again.wait_ready()
+        assert [c.get(f"/documents/{i}").status_code for i in "ab"] == [200, 200]
+        assert json.loads((data / "LOCK").read_text())["pid"] == again.proc.pid
+    finally:
+        again.close()

@@ -9,6 +9,9 @@ an index bundle (``spec.index``)          :class:`~.bundle.BundleStorage` (feedb
 ``--data_dir``                            :class:`~.embedded.EmbeddedStorage` with a WAL (local)
 neither                                   :class:`~.embedded.EmbeddedStorage` in memory
 ======================================== ==============================================================
+
+A WAL in ``--data_dir`` is written only by the process holding the directory's lock (:mod:`.lock`): a
+second one is refused with :class:`~.lock.DataDirLocked` before it reads anything there.
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from .base import Storage
 from .bundle import BundleStorage
 from .embedded import EmbeddedStorage
 from .journal import Journal, WalJournal
+from .lock import DataDirLock, DataDirLocked
 from .milvus import MilvusStorage
+
+__all__ = ["DataDirLocked", "open_storage"]  # what the engine needs: the one call and the refusal it may raise
 
 log = logging.getLogger("service.storage")
 
 
 def open_storage(settings, spec: ModelSpec, waiting: Callable[[str | None], None]) -> Storage:
     """The storage for ``settings`` serving ``spec``'s bundle (nothing is read yet: see ``Storage.open``).
-    ``waiting`` hears what a start waits for (an unreachable Milvus), for ``/ready``."""
+    ``waiting`` hears what a start waits for (an unreachable Milvus), for ``/ready``. Raises
+    :class:`DataDirLocked` when another process holds ``--data_dir``."""
     if settings.index == "milvus":
         if spec.index:
             raise ValueError(f"{spec.name} is a read-only FAISS index bundle: serve it without --index milvus")
@@ -38,10 +45,19 @@ def open_storage(settings, spec: ModelSpec, waiting: Callable[[str | None], None
             log.warning("--data_dir is not used with --index milvus: documents and feedback live in Milvus")
         return MilvusStorage(settings, waiting)
     config = IndexConfig.from_settings(settings)
-    journal = (WalJournal(DurableStore(settings.data_dir), settings.snapshot_every) if settings.data_dir is not None
-               else Journal())
+    journal = _wal_journal(settings) if settings.data_dir is not None else Journal()
     if spec.index:
         return BundleStorage(settings, journal, config)
     if settings.data_dir is None:
         log.warning("no --data_dir: documents live in memory only and are lost on restart")
     return EmbeddedStorage(settings, journal, config)
+
+
+def _wal_journal(settings) -> WalJournal:
+    """The WAL in ``--data_dir``, its lock taken first; raises :class:`DataDirLocked` when another process has it."""
+    lock = DataDirLock(settings.data_dir).acquire()
+    try:
+        return WalJournal(DurableStore(settings.data_dir), settings.snapshot_every, lock)
+    except BaseException:
+        lock.release()
+        raise

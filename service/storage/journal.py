@@ -7,7 +7,7 @@ A FAISS collection lives in the replica's memory, so what survives a restart is 
 * :class:`WalJournal` (``--data_dir``): every write and feedback record goes to the WAL (fsync-ed)
   before it is applied; snapshots compact the log (:mod:`service.store`, whose on-disk format this
   keeps). A snapshot is due every ``--snapshot_every`` records, and once at start when recovery
-  replayed the log or re-embedded documents.
+  replayed the log or re-embedded documents. It holds the directory's lock (:mod:`.lock`) until closed.
 
 :class:`JournaledStorage` is the part of :class:`~service.storage.base.Storage` both FAISS storages
 (:mod:`.embedded`, :mod:`.bundle`) hand to their journal; what a snapshot holds is theirs to say
@@ -26,6 +26,7 @@ import numpy as np
 from ..documents import Document
 from ..store import DurableStore, RecoveredState
 from .base import Storage, Write, durability_facts
+from .lock import DataDirLock
 
 if TYPE_CHECKING:
     from ..generation import Generation
@@ -72,11 +73,13 @@ class Journal:
 
 
 class WalJournal(Journal):
-    """The WAL and snapshots in ``--data_dir`` (:class:`service.store.DurableStore`)."""
+    """The WAL and snapshots in ``--data_dir`` (:class:`service.store.DurableStore`), written only while
+    ``lock`` (the directory's, held) is; :meth:`close` releases it."""
 
-    def __init__(self, store: DurableStore, snapshot_every: int) -> None:
+    def __init__(self, store: DurableStore, snapshot_every: int, lock: DataDirLock) -> None:
         super().__init__()
         self.store = store
+        self.lock = lock
         self.snapshot_every = snapshot_every
         self._dirty = False  # recovery replayed or re-embedded: snapshot once at start
 
@@ -124,7 +127,10 @@ class WalJournal(Journal):
         await asyncio.to_thread(self.store.write_snapshot, seq, docs, vectors, gen.model.spec.name, gen.version)
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        finally:  # the log is flushed or failed for good: another process may take over
+            self.lock.release()
 
 
 class JournaledStorage(Storage):
