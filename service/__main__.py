@@ -7,7 +7,8 @@ feedback as training data instead (no server needed; see :mod:`service.feedback`
 ``python -m service build-index --registry R --model M --name I --corpus FILE...`` publishes a
 read-only index bundle (:mod:`service.index_bundle`).
 
-Runs uvicorn on the app. SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
+Runs uvicorn on the app (:func:`service.http.server.server_config`: keep-alive and connection limits).
+SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
 (up to 30 s), then snapshot/flush the write-ahead log and exit 0. Exit 2 for bad settings, 1 when
 the model cannot be loaded.
 """
@@ -15,13 +16,15 @@ the model cannot be loaded.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
 
 from .auth import is_loopback
 from .http import create_app
-from .settings import Settings, SettingsError
+from .http.server import server_config
+from .settings import Settings, SettingsError, unknown_variables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,15 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("service").info("settings: %s", settings)  # keys are hidden by repr=False
+    logging.getLogger("service").info("settings other than the defaults: %s", settings.summary())
+    for problem in unknown_variables(os.environ):  # with --strict_env, from_sources refused them already
+        logging.getLogger("service").warning("%s; it is ignored (settings: docs/operations.md)", problem)
     if not settings.api_key and not is_loopback(settings.host):
         logging.getLogger("service").warning(
             "listening on %s without QAEMBED_API_KEY: every data route is open to whoever reaches the port",
             settings.host)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=30, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings))
     failed = []
 
     def on_start_failure() -> None:

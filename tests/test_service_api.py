@@ -22,6 +22,7 @@ import uvicorn
 
 from service.backends.base import Backend
 from service.http import create_app
+from service.http.server import server_config
 from service.metrics import ServiceMetrics
 from service.model import EmbeddingModel, open_serving_model, spec_from_bundle
 from service.settings import Settings
@@ -40,8 +41,9 @@ class ServerThread:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
-                                                    timeout_graceful_shutdown=5))
+        # the service's own uvicorn limits (keep-alive, connections), as python -m service runs it
+        config = server_config(self.app, settings, log_level="warning", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self, ready: bool = True, timeout: float = 120) -> ServerThread:
@@ -256,6 +258,25 @@ def test_openai_client_float_and_base64(server, client):
     assert len(base64.b64decode(raw["data"][0]["embedding"])) == 384 * 4
 
 
+def test_langchain_openai_embeddings(server, client):
+    """LangChain's OpenAIEmbeddings as service/README.md configures it; its default sends token ids (counted
+    with tiktoken, a download), which get a 422 saying how to configure it."""
+    import openai
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key="unused", model="qaembed",
+                                  check_embedding_ctx_length=False, max_retries=0)
+    texts = ["Python nedir?", "Veri analizi"]
+    tei = np.array(client.post("/embed", json={"inputs": texts}).json())
+    np.testing.assert_allclose(np.array(embeddings.embed_documents(texts)), tei, atol=1e-5)
+    alone = client.post("/embed", json={"inputs": texts[0]}).json()[0]  # int8: a batch of one, like the query
+    np.testing.assert_allclose(np.array(embeddings.embed_query(texts[0])), alone, atol=1e-5)
+    # the default's call, as LangChain makes it: its openai client with the token ids of each text
+    oa = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError, match="check_embedding_ctx_length=False"):
+        oa.embeddings.create(input=[[31380, 68, 1036, 30], [53, 16379]], model="text-embedding-ada-002")
+
+
 def test_tei_client_unchanged_on_root_and_embed_routes(server, client):
     """huggingface_hub's InferenceClient, as pointed at a TEI server: it posts to the URL it is given."""
     from huggingface_hub import InferenceClient, constants
@@ -363,7 +384,9 @@ def test_bad_input_gives_4xx_json(client):
     assert_error(client.post("/embed", json={"inputs": "   "}), 422)
     assert_error(client.post("/embed", json={"inputs": "x", "prompt_name": "nope"}), 422)
     assert_error(client.post("/embed", json={}), 422)
-    assert_error(client.post("/v1/embeddings", json={"input": [[1, 2, 3]]}), 422)
+    for token_ids in ([[1, 2, 3]], [1, 2, 3]):  # what LangChain's OpenAIEmbeddings sends by default
+        err = assert_error(client.post("/v1/embeddings", json={"input": token_ids}), 422)
+        assert "token ids are not accepted" in err["message"] and "check_embedding_ctx_length=False" in err["message"]
     assert_error(client.post("/v1/embeddings", json={"input": "x", "encoding_format": "hex"}), 422)
     assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 12}), 422)
     assert_error(client.post("/search", json={"query": "x", "queries": ["y"]}), 422)
@@ -378,6 +401,19 @@ def test_bad_input_gives_4xx_json(client):
     assert_error(client.post("/documents", content=b'{"documents": [{"text": "a", "metadata": {"x": NaN}}]}',
                              headers=headers), 422)
     assert_error(client.post("/documents", json={"documents": [{"id": "a/b", "text": "x"}]}), 422)
+    for unreachable in (".", ".."):  # a client's URL building makes /documents/.. another path
+        err = assert_error(client.post("/documents", json={"documents": [{"id": unreachable, "text": "x"}]}), 422)
+        assert "'.' or '..'" in err["message"]
+    assert client.post("/documents", json={"documents": [{"id": "...", "text": "üç nokta"}]}).status_code == 200
+    assert client.get("/documents/...").json()["text"] == "üç nokta" and client.delete("/documents/...").is_success
+    # strict types: a boolean is not a number, a string not a boolean
+    assert_error(client.post("/search", json={"query": "x", "top_k": True}), 422)
+    assert_error(client.post("/embed", json={"inputs": "x", "truncate": "yes"}), 422)
+    # nothing to embed: control characters, zero-width marks and whitespace only
+    for blank in ("\x00\x00\x00", "\x01\x1f\x7f", " \u200b\ufeff\t\x85"):
+        assert_error(client.post("/embed", json={"inputs": blank}), 422)
+        assert_error(client.post("/search", json={"query": blank}), 422)
+        assert_error(client.post("/documents", json={"documents": [{"text": blank}]}), 422)
     # what the response encoder (orjson) refuses is refused on the way in, not stored to fail every later read
     # (depth 251 was stored, then /search with "queries", which nests a hit two levels deeper, failed)
     for metadata in ({"n": 10**30}, {"deep": json.loads("[" * 251 + "]" * 251)}):
@@ -633,10 +669,8 @@ def test_reload_reembeds_and_keeps_serving(exported_bundle, tmp_path):
             assert top["id"] == doc["id"]
         assert f'version="{second}"' in c.get("/metrics").text
         assert_error(c.post("/admin/reload", json={"version": "../../etc"}), 422)  # not a version: refused now
-        assert c.post("/admin/reload", json={"version": "v9999"}).status_code == 202
-        while c.get("/admin/reload").json()["state"] not in ("done", "failed", "unchanged"):
-            time.sleep(0.05)
-        assert c.get("/admin/reload").json()["state"] == "failed"  # and the old model still serves:
+        err = assert_error(c.post("/admin/reload", json={"version": "v9999"}), 404)  # at once, not a failed reload
+        assert "v9999" in err["message"] and c.get("/admin/reload").json()["state"] == "done"  # nothing started
         assert c.get("/info").json()["model"]["version"] == second
         assert c.post("/embed", json={"inputs": "still here"}).status_code == 200
     finally:

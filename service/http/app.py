@@ -33,7 +33,8 @@ from ..metrics import ServiceMetrics
 from ..settings import Settings
 from .errors import install_error_handlers
 from .middleware import ServiceMiddleware
-from .routes import ROUTE_ACCESS, add_routes, unrouted_access
+from .openapi import install_openapi
+from .routes import ROUTE_ACCESS, ROUTE_ERRORS, add_routes, unrouted_access
 
 log = logging.getLogger("service.app")
 
@@ -97,7 +98,9 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
         metrics.request_errors.labels(route_of(request.scope), type_).inc()
 
     install_error_handlers(app, on_error)
+    install_openapi(app, settings, ROUTE_ERRORS, access,
+                    dimension=lambda: engine.gen.model.dimension if engine.ready else None)
     checker = KeyChecker(settings.api_key, settings.admin_api_key, loopback_only=is_loopback(settings.host))
     app.add_middleware(ServiceMiddleware, checker=checker, metrics=metrics, max_body=settings.max_body_bytes,
-                       classify=classify)
+                       body_timeout=settings.body_timeout_s, classify=classify)
     return app

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import ClientGone, ServiceError, error_body
 
@@ -49,6 +50,15 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "validation_error", "; ".join(parts) + more
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI, on_error: OnError) -> None:
     """Register the handlers that turn every exception a route raises into an error response."""
 
@@ -68,7 +78,10 @@ def install_error_handlers(app: FastAPI, on_error: OnError) -> None:
         type_ = _STATUS_TYPES.get(exc.status_code, "http_error")
         on_error(request, exc.status_code, type_)
         message = exc.detail if isinstance(exc.detail, str) else type_
-        return error_response(exc.status_code, type_, message, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return error_response(exc.status_code, type_, message, headers)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:

@@ -6,13 +6,16 @@ notice that its client went away. Per request, in this order:
 1. the key check for the access level the matched route declares (401/403, before any body is read);
 2. for POST/PUT/PATCH, the body limit: a declared ``content-length`` over it is refused at once (413), a
    streamed body as soon as it grows past it; the body read is then replayed to the app. A client that
-   leaves mid-upload is counted as 499 (its failure, not ours) and nothing is answered;
+   leaves mid-upload is counted as 499 (its failure, not ours) and nothing is answered. A body that has not
+   arrived in full within ``body_timeout`` seconds is answered 408 and its connection closed: uvicorn has no
+   read timeout of its own, and a client that stalls mid-body would hold its connection for ever;
 3. ``qaembed_requests_total`` and ``qaembed_request_duration_seconds`` by route template (never the raw
    path: ids would blow up the label set), and ``qaembed_request_errors_total`` for what it refuses itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -27,9 +30,10 @@ Classify = Callable[[dict], tuple[str, Access]]
 class ServiceMiddleware:
     """Auth, body limit and request metrics around the app (see the module docstring)."""
 
-    def __init__(self, app, *, checker: KeyChecker, metrics: ServiceMetrics, max_body: int,
+    def __init__(self, app, *, checker: KeyChecker, metrics: ServiceMetrics, max_body: int, body_timeout: float,
                  classify: Classify) -> None:
-        self.app, self.checker, self.metrics, self.max_body, self.classify = app, checker, metrics, max_body, classify
+        self.app, self.checker, self.metrics, self.classify = app, checker, metrics, classify
+        self.max_body, self.body_timeout = max_body, body_timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -62,8 +66,15 @@ class ServiceMiddleware:
                                  f"request body of {int(declared)} bytes exceeds the limit of {self.max_body}")
                     return
                 chunks, size = [], 0
+                deadline = time.monotonic() + self.body_timeout
                 while True:
-                    message = await receive()
+                    try:
+                        message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+                    except asyncio.TimeoutError:
+                        await reject(408, "request_timeout",
+                                     f"the request body did not arrive within {self.body_timeout:g} s",
+                                     {"Connection": "close"})
+                        return
                     if message["type"] == "http.disconnect":  # the client left mid-upload: not our failure
                         status[0] = 499
                         self.metrics.request_errors.labels(route, "client_closed_request").inc()

@@ -17,12 +17,16 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Body, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+
+from export.bundle import list_versions  # torch-free
 
 from .. import feedback as feedback_records
 from ..auth import Access
 from ..documents import Document, new_document_id
-from ..errors import ServiceError, TooLarge, Unprocessable
+from ..errors import NotFound, ServiceError, TooLarge, Unprocessable
+from . import responses as out
+from .openapi import error_statuses
 from .schemas import (
     DocumentsRequest,
     EmbedRequest,
@@ -31,20 +35,24 @@ from .schemas import (
     ReloadRequest,
     SearchRequest,
     check_json_safe,
+    check_metadata,
     check_texts,
 )
 
 ROUTE_ACCESS: dict[str, Access] = {}  # route template -> who may call it; filled by @route below
+ROUTE_ERRORS: dict[tuple[str, str], list[int]] = {}  # (method, template) -> the error statuses it can answer
 _ROUTES: list[tuple[str, str, Callable, dict[str, Any]]] = []  # (method, path, endpoint, options), in order
 
 
-def route(method: str, path: str, access: Access, **options: Any) -> Callable:
-    """Declare an endpoint for ``method path`` (``options`` as FastAPI's ``add_api_route`` takes them) and who
-    may call it."""
+def route(method: str, path: str, access: Access, errors: tuple[int, ...] = (), **options: Any) -> Callable:
+    """Declare an endpoint for ``method path`` (``options`` as FastAPI's ``add_api_route`` takes them), who
+    may call it, and the error statuses it answers beyond those of its access and method
+    (:func:`~.openapi.error_statuses`)."""
 
     def declare(endpoint: Callable) -> Callable:
         if ROUTE_ACCESS.setdefault(path, access) is not access:
             raise ValueError(f"{path} is declared both {ROUTE_ACCESS[path].name} and {access.name}")
+        ROUTE_ERRORS[(method, path)] = error_statuses(method, access, errors)
         _ROUTES.append((method, path, endpoint, options))
         return endpoint
 
@@ -95,21 +103,24 @@ def _disconnect_watcher(request: Request) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
-@route("POST", "/embed", Access.DATA, summary="Embed texts (Hugging Face TEI compatible)")
-@route("POST", "/", Access.DATA,
+_EMBEDDING_ERRORS = (429, 503)  # the inference queue is full; not ready
+
+
+@route("POST", "/embed", Access.DATA, _EMBEDDING_ERRORS, response_model=out.Embeddings,
+       summary="Embed texts (Hugging Face TEI compatible)")
+@route("POST", "/", Access.DATA, _EMBEDDING_ERRORS, response_model=out.Embeddings,
        summary="Same as /embed: TEI's root route, where huggingface_hub's InferenceClient posts")
 async def embed(req: EmbedRequest, request: Request) -> Response:
     texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
     check_texts(texts, request.app.state.settings)
-    if req.prompt_name not in (None, "query", "document", "passage"):
-        raise Unprocessable(f"unknown prompt_name {req.prompt_name!r}: use 'query' or 'document'")
     result = await request.app.state.engine.embed(
         texts, is_query=req.prompt_name == "query", truncate=req.truncate,
         truncation_direction=req.truncation_direction.lower(), disconnected=_disconnect_watcher(request))
     return _json(result.vectors, headers=_timing_headers({**result.timings, "tokens": result.tokens}))
 
 
-@route("POST", "/v1/embeddings", Access.DATA, summary="Embed texts (OpenAI compatible)")
+@route("POST", "/v1/embeddings", Access.DATA, _EMBEDDING_ERRORS, response_model=out.OpenAIEmbeddings,
+       summary="Embed texts (OpenAI compatible; token-id inputs are refused)")
 async def openai_embeddings(req: OpenAIEmbeddingRequest, request: Request) -> Response:
     texts = [req.input] if isinstance(req.input, str) else req.input
     check_texts(texts, request.app.state.settings, "input")
@@ -126,7 +137,8 @@ async def openai_embeddings(req: OpenAIEmbeddingRequest, request: Request) -> Re
 
 
 # ---------------------------------------------------------------------------------------------- search
-@route("POST", "/search", Access.DATA, summary="Semantic search: the query instruction is applied to queries only")
+@route("POST", "/search", Access.DATA, _EMBEDDING_ERRORS, response_model=out.SearchResults,
+       summary="Semantic search: the query instruction is applied to queries only")
 async def search(req: SearchRequest, request: Request) -> Response:
     settings = request.app.state.settings
     if (req.query is None) == (req.queries is None):
@@ -138,35 +150,40 @@ async def search(req: SearchRequest, request: Request) -> Response:
     check_json_safe(req.filter, "filter")
     hits, timings = await request.app.state.engine.search(texts, req.top_k, req.filter,
                                                           disconnected=_disconnect_watcher(request))
-    results = [[h.to_json() for h in row] for row in hits]
+    results = out.search_results(hits, text=req.return_text, metadata=req.return_metadata,
+                                 budget=settings.max_response_bytes)
     return _json({"results": results[0] if req.query is not None else results}, headers=_timing_headers(timings))
 
 
 # ---------------------------------------------------------------------------------------------- documents
-@route("POST", "/documents", Access.DATA, summary="Upsert documents (durable when acknowledged)")
+@route("POST", "/documents", Access.DATA, (405, 429, 503), response_model=out.StoredIds,
+       summary="Upsert documents (durable when acknowledged)")
 async def upsert_documents(req: DocumentsRequest, request: Request) -> Response:
-    check_texts([d.text for d in req.documents], request.app.state.settings, "documents")
-    # each metadata as deep as a response nests it ({"results": [[hit]]} for "queries"), so any stored
-    # document can be sent back
-    check_json_safe([{"results": [[{"id": d.id, "metadata": d.metadata}]]} for d in req.documents], "documents")
+    settings = request.app.state.settings
+    check_texts([d.text for d in req.documents], settings, "documents")
+    for i, d in enumerate(req.documents):
+        check_metadata(d.metadata, settings, f"documents[{i}].metadata")
     docs = [Document(d.id or new_document_id(), d.text, d.metadata or {}) for d in req.documents]
     ids = await request.app.state.engine.upsert(docs, disconnected=_disconnect_watcher(request))
     return _json({"ids": ids})
 
 
-@route("GET", "/documents/{doc_id}", Access.DATA, summary="Get one document")
+@route("GET", "/documents/{doc_id}", Access.DATA, (404, 503), response_model=out.DocumentOut,
+       summary="Get one document")
 async def get_document(doc_id: str, request: Request) -> Response:
     return _json((await request.app.state.engine.get(doc_id)).to_json())
 
 
-@route("DELETE", "/documents/{doc_id}", Access.DATA, summary="Delete one document (durable when acknowledged)")
+@route("DELETE", "/documents/{doc_id}", Access.DATA, (404, 405, 503), response_model=out.Deleted,
+       summary="Delete one document (durable when acknowledged)")
 async def delete_document(doc_id: str, request: Request) -> Response:
     await request.app.state.engine.delete(doc_id)
     return _json({"id": doc_id, "deleted": True})
 
 
 # ---------------------------------------------------------------------------------------------- feedback
-@route("POST", "/feedback", Access.DATA, summary="Record which document answered a query (durable when acknowledged)")
+@route("POST", "/feedback", Access.DATA, (404, 503), response_model=out.FeedbackStored,
+       summary="Record which document answered a query (durable when acknowledged; every id must be stored)")
 async def post_feedback(req: FeedbackRequest, request: Request) -> Response:
     settings = request.app.state.settings
     check_texts([req.query], settings, "query")
@@ -177,17 +194,22 @@ async def post_feedback(req: FeedbackRequest, request: Request) -> Response:
     return _json({"stored": True, "label": req.label, "document_id": req.document_id, "shown": shown})
 
 
+class NDJSONResponse(Response):
+    media_type = "application/x-ndjson"
+
+
 # users' queries: admin only
-@route("GET", "/feedback/export", Access.ADMIN, summary="Collected feedback as training data (JSONL; admin key)")
+@route("GET", "/feedback/export", Access.ADMIN, (503,), response_class=NDJSONResponse,
+       summary="Collected feedback as training data (JSON lines; admin key)")
 async def export_feedback(request: Request) -> Response:
     rows, stats = feedback_records.to_training(await request.app.state.engine.feedback())
-    return Response(feedback_records.to_jsonl(rows), media_type="application/x-ndjson",
-                    headers={f"x-feedback-{k.replace('_', '-')}": str(v) for k, v in stats.items()})
+    return NDJSONResponse(feedback_records.to_jsonl(rows),
+                          headers={f"x-feedback-{k.replace('_', '-')}": str(v) for k, v in stats.items()})
 
 
 # ---------------------------------------------------------------------------------------------- operations
 # Probes answer their 503 themselves: a replica that is not ready is not a failed request (request_errors).
-@route("GET", "/health", Access.OPEN, summary="Liveness")
+@route("GET", "/health", Access.OPEN, (503,), response_model=out.Health, summary="Liveness")
 async def health(request: Request) -> Response:
     try:
         return _json(request.app.state.engine.health())
@@ -195,7 +217,8 @@ async def health(request: Request) -> Response:
         return _json(exc.body(), status=exc.status)
 
 
-@route("GET", "/ready", Access.OPEN, summary="Readiness: model loaded and warmed up, index loaded")
+@route("GET", "/ready", Access.OPEN, (503,), response_model=out.Ready,
+       summary="Readiness: model loaded and warmed up, index loaded")
 async def ready(request: Request) -> Response:
     try:
         return _json(await request.app.state.engine.readiness())
@@ -203,24 +226,32 @@ async def ready(request: Request) -> Response:
         return _json(exc.body(), status=exc.status)
 
 
-@route("GET", "/info", Access.DATA, summary="Model, index and limits")
+@route("GET", "/info", Access.DATA, response_model=out.Info, summary="Model, index and limits")
 async def info(request: Request) -> Response:
     body = await request.app.state.engine.info()
     body["settings"] = request.app.state.settings.public()
     return _json(body)
 
 
-@route("GET", "/metrics", Access.OPEN, summary="Prometheus metrics")
+@route("GET", "/metrics", Access.OPEN, response_class=PlainTextResponse,
+       summary="Prometheus metrics (text exposition format)")
 async def prometheus(request: Request) -> Response:
     data, content_type = request.app.state.metrics.render()
     return Response(data, media_type=content_type)
 
 
-@route("POST", "/admin/reload", Access.ADMIN, status_code=202, summary="Load the latest (or a given) bundle version")
+@route("POST", "/admin/reload", Access.ADMIN, (404, 409, 503), status_code=202, response_model=out.ReloadStatus,
+       summary="Load the latest (or a given) bundle version")
 async def admin_reload(request: Request, req: Annotated[ReloadRequest | None, Body()] = None) -> Response:
-    return _json(request.app.state.engine.start_reload(req.version if req else None), status=202)
+    version = req.version if req else None
+    settings = request.app.state.settings
+    # a version that does not exist is the caller's mistake, answered now rather than by a failed reload later
+    if version is not None and settings.registry is not None and version not in list_versions(settings.registry,
+                                                                                               settings.name):
+        raise NotFound(f"no version {version!r} of {settings.name!r} in the registry")
+    return _json(request.app.state.engine.start_reload(version), status=202)
 
 
-@route("GET", "/admin/reload", Access.ADMIN, summary="Progress of the last reload")
+@route("GET", "/admin/reload", Access.ADMIN, response_model=out.ReloadStatus, summary="Progress of the last reload")
 async def admin_reload_status(request: Request) -> Response:
     return _json(request.app.state.engine.reload_status)
