@@ -84,7 +84,7 @@ class OpenAIEmbeddingRequest(_Model):
         """Token-id arrays (``[1, 2]``, ``[[1, 2]]``: what LangChain's OpenAIEmbeddings sends by default) get a
         message saying what to do, not a list of type errors."""
         items = value if isinstance(value, list) else []
-        if any(isinstance(x, int) or (isinstance(x, list) and any(isinstance(t, int) for t in x)) for x in items):
+        if any(type(x) is int or (isinstance(x, list) and any(type(t) is int for t in x)) for x in items):
             raise PydanticCustomError(
                 "token_ids", "token ids are not accepted, send the texts themselves (LangChain's OpenAIEmbeddings: "
                              "set check_embedding_ctx_length=False)")
