@@ -11,8 +11,8 @@ Usage::
     python -m export rollback --registry REG --name NAME
     python -m export retrain  ...   the same as ``python -m retrain ...`` (:mod:`retrain.cli`)
 
-A publish prints the new version folder on its last line. User errors (bad input, failed gate,
-tampered bundle) print one ``error: ...`` line on stderr and exit 1; usage errors exit 2.
+A publish prints what the gates decided, then the new version folder on its last line. User errors (bad
+input, failed gate, tampered bundle) print one ``error: ...`` line on stderr and exit 1; usage errors exit 2.
 
 Example::
 
@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 
 from export import registry
 from export.bundle import (
+    MANIFEST,
     BundleError,
     latest_version,
     list_names,
@@ -59,15 +62,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _publish(argv: list[str]) -> int:
+    from torch.jit import TracerWarning
+
     from export.pipeline import DEFAULT_VARIANTS, export_model  # torch: only for a publish
     from export.quantize import INT8_TARGETS
+    from training.models import resolve_model_path
+
+    # Noise a user can do nothing about: the tracer's warning about a shape check in sentence-transformers' Pooling
+    # (the parity gate compares the traced graph with PyTorch), and onnxruntime's advice to pre-process before
+    # quantising (what it quantises is the fused, shape-inferred graph: pre-processed already).
+    warnings.filterwarnings("ignore", category=TracerWarning)
+    logging.getLogger().addFilter(lambda record: "pre-processing before quantization" not in record.getMessage())
 
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a sentence-transformers model to ONNX and publish it as a bundle. "
         f"Other commands: {', '.join(COMMANDS)}.",
     )
-    parser.add_argument("--model_dir", required=True, help="model folder (or hub name available offline)")
+    parser.add_argument("--model_dir", required=True,
+                        help="model folder, or a hub name: sentence-transformers/all-MiniLM-L6-v2 loads offline from "
+                        "the bundled package, as in python -m training")
     parser.add_argument("--registry", required=True, help="registry folder")
     parser.add_argument("--name", required=True, help="bundle name, e.g. qa-minilm")
     parser.add_argument("--eval_data", nargs="+", default=[], help="QA data for the quality gate")
@@ -85,15 +99,32 @@ def _publish(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="publish even when a gate fails (recorded)")
     args = parser.parse_args(argv)
     path = export_model(
-        args.model_dir, args.registry, args.name,
+        resolve_model_path(args.model_dir), args.registry, args.name,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()],
         eval_data=args.eval_data, int8_target=args.int8_target, per_channel=args.per_channel,
         fp32_layers=args.int8_fp32_layers,
         max_seq_length=args.max_seq_length, include_torch=args.include_torch, force=args.force,
         threads=args.threads,
     )
+    print(gate_verdict(json.loads((path / MANIFEST).read_text(encoding="utf-8"))))
     print(path)
     return 0
+
+
+def gate_verdict(manifest: dict) -> str:
+    """One line: which gates a published bundle passed, or which failed and were forced."""
+    forced = manifest.get("gate_failures_forced") or []
+    if forced:
+        return "gates FAILED, published anyway (--force): " + "; ".join(forced)
+    parity = manifest["parity"]
+    passed = [f"parity ({', '.join(f'{v} {c:.4f}' for v, c in parity['mean_cosine'].items())} mean cosine to "
+              f"PyTorch)"]
+    quality = manifest.get("quality")
+    if quality:
+        scores = {v: m[quality["metric"]] for v, m in quality.items() if isinstance(m, dict) and quality["metric"] in m}
+        passed.append(f"quality ({quality['metric']} {', '.join(f'{v} {s:.4f}' for v, s in scores.items())}, "
+                      f"max drop {quality['max_drop']})")
+    return "gates passed: " + " and ".join(passed) + ("" if quality else "; quality not checked (no --eval_data)")
 
 
 def _manage(argv: list[str]) -> int:
@@ -127,7 +158,8 @@ def _manage(argv: list[str]) -> int:
         print(json.dumps(found.manifest, indent=2, ensure_ascii=False))
     elif args.command == "verify":
         found = verify_bundle(args.bundle_dir)
-        print(f"ok {found.name} {found.version}: {len(found.manifest['files'])} files verified")
+        print(f"ok {found.name} {found.version}: {len(found.manifest['files'])} files verified; "
+              f"{gate_verdict(found.manifest)}")
     elif args.command == "promote":
         print(registry.set_latest(args.registry, args.name, args.version).path)
     else:

@@ -23,7 +23,7 @@ def test_presets_are_the_guides_trainers():
     for preset in PRESETS.values():  # the common defaults, once
         assert (preset.epochs, preset.batch_size, preset.warmup_steps, preset.train_split, preset.num_negatives,
                 preset.negatives_range_max, preset.negatives_margin, preset.mini_batch_size) == (
-                    3, 16, 100, 0.8, 3, 100, 0.05, 32)
+                    3, 16, None, 0.8, 3, 100, 0.05, 32)  # warm-up None: the guide's 100, at most 10 % of the run
 
 
 def test_cli_flags_override_the_preset_and_unset_ones_keep_it():

@@ -45,6 +45,9 @@ def test_training_writes_a_loadable_model_with_metrics(trained):
     assert data["pairs"] == data["train_pairs"] + data["eval_pairs"] >= 60
     assert data["negatives_per_question"] == 3  # auto-mined by default
     assert metrics["config"]["preset"] == "turkish-bert" and metrics["config"]["learning_rate"] == 2e-5
+    # FAST's --warmup_steps 2 is over 10 % of this small run: kept, with a warning in the log and in metrics.json
+    assert metrics["training"]["warmup_steps"] == 2 and "warning: --warmup_steps 2 is over 10 %" in proc.stdout
+    assert metrics["training"]["warmup_note"].startswith("warning: --warmup_steps 2 is over 10 % of the run's")
     for name in ("README.md", "loss.png", "compare.png", "eval_data.jsonl"):
         assert (out / name).stat().st_size > 0
     assert "mrr@10" in (out / "README.md").read_text()
@@ -60,7 +63,7 @@ def test_test_only_and_compare_on_the_saved_model(trained):
     assert "Sample questions" in proc.stdout and proc.stdout.count("Q: ") == 2
     proc = run_training("--output_dir", str(out), "--compare", "--data_path", str(EXAMPLES / "example_qa_data.csv"))
     header = next(line for line in proc.stdout.splitlines() if line.startswith("metric"))
-    assert header.split() == ["metric", "base", "fine-tuned", "gain"]
+    assert header.split() == ["metric", "bm25", "base", "fine-tuned", "hybrid", "gain"]
     assert "84 questions" in proc.stdout
 
 

