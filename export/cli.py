@@ -116,7 +116,9 @@ def gate_verdict(manifest: dict) -> str:
     forced = manifest.get("gate_failures_forced") or []
     if forced:
         return "gates FAILED, published anyway (--force): " + "; ".join(forced)
-    parity = manifest["parity"]
+    parity = manifest.get("parity")
+    if not parity:  # written by other tools than export_model
+        return "no gate results in the manifest"
     passed = [f"parity ({', '.join(f'{v} {c:.4f}' for v, c in parity['mean_cosine'].items())} mean cosine to "
               f"PyTorch)"]
     quality = manifest.get("quality")
