@@ -20,6 +20,7 @@ from training.config import (
     DEFAULT_PRESET,
     DEFAULTS,
     LOSSES,
+    NEGATIVE_SOURCES,
     POOLING_MODES,
     PRESETS,
     TrainingConfig,
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip this many top-ranked candidates")
     p.add_argument("--negatives_range_max", type=int, default=DEFAULTS.negatives_range_max,
                    help="consider candidates up to this rank")
+    p.add_argument("--negatives_from", choices=NEGATIVE_SOURCES, default=DEFAULTS.negatives_from,
+                   help="rank mining candidates with the base model, or with BM25 (DPR-style lexical negatives)")
     p.add_argument("--negatives_margin", type=float, default=DEFAULTS.negatives_margin,
                    help="skip candidates scoring above (1 - margin) × the positive's score (likely false negatives)")
     p.add_argument("--no_instructions", action="store_true", help="no query instruction (bge preset)")
@@ -102,7 +105,7 @@ def _training_config(args) -> TrainingConfig:
     """The preset's config with every flag the user gave (an unset flag is ``None`` and keeps the preset's)."""
     fields = ("model_name", "output_dir", "epochs", "batch_size", "learning_rate", "warmup_steps", "max_seq_length",
               "train_split", "num_negatives", "pooling_mode", "query_instruction", "loss", "mini_batch_size", "seed",
-              "negatives_range_min", "negatives_range_max", "negatives_margin")
+              "negatives_range_min", "negatives_range_max", "negatives_margin", "negatives_from")
     overrides = {name: getattr(args, name) for name in fields}
     if args.no_instructions:
         overrides["query_instruction"] = ""

@@ -79,7 +79,8 @@ def weighted_fusion(dense: Ranked, lexical: Ranked, alpha: float, limit: int | N
 
     Ties (e.g. at α = 1 every key only the lexical side listed scores 0) go to the side that weighs more, then
     to the other side, then to the order the keys were first listed in, so α = 1 is exactly the dense order
-    followed by the lexical-only keys in lexical order, and α = 0 the reverse.
+    followed by the lexical-only keys in lexical order, and α = 0 the reverse. A side that listed nothing (a query
+    left without terms by the analyzer) leaves the other side's order, whatever α is.
     """
     alpha = check_alpha(alpha)
     dense_norm, lexical_norm = min_max(dense), min_max(lexical)

@@ -46,12 +46,12 @@ import faiss
 import numpy as np
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer
+from training.config import NEGATIVE_SOURCES
 from training.data import QARecord
 from training.lexical import LexicalIndex
 
 # encode(texts, is_query) -> vectors; is_query selects the query instruction.
 Encode = Callable[[Sequence[str], bool], np.ndarray]
-SOURCES = ("model", "bm25")
 
 
 @dataclass
@@ -76,8 +76,8 @@ class NegativeMiner:
     stats: FillStats = field(default_factory=FillStats, init=False)
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"negatives come from {' or '.join(SOURCES)}, not {self.source!r}")
+        if self.source not in NEGATIVE_SOURCES:
+            raise ValueError(f"negatives come from {' or '.join(NEGATIVE_SOURCES)}, not {self.source!r}")
         if self.source == "model" and self.encode is None:
             raise ValueError("mining negatives with the model needs its encode function")
 

@@ -1,5 +1,9 @@
 """One training run end to end: split → base metrics → negatives → fine-tune → metrics → publish.
 
+The held-out split is ranked four ways (``metrics.json``: ``bm25``, ``base``, ``finetuned``, ``hybrid``) so a user
+sees whether the fine-tuned model beats a keyword index; ``fusion`` records the hybrid's α, chosen on the split
+(``training.retrieval``), and the analyzer it was chosen with: what a search fusing the same way needs.
+
 The finished model folder appears at ``output_dir`` only when everything succeeded: work happens
 in ``<output_dir>.partial/`` (checkpoints for ``--resume`` included) and is moved into place last,
 so an interrupted or failed run never leaves a half-written model where a user expects one.
@@ -17,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from training import report
+from training.analyzer import DEFAULT_ANALYZER, Analyzer
 from training.config import TrainingConfig
 from training.data import QAData, QARecord, load_qa_data
 from training.encoding import SentenceEncoder
@@ -24,6 +29,7 @@ from training.finetune import fine_tune
 from training.metrics import RetrievalTask, evaluate
 from training.models import ModelLoadError, load_base_model
 from training.negatives import NegativeMiner
+from training.retrieval import compare_retrievers
 from training.split import split_by_passage
 
 EVAL_DATA_FILE = "eval_data.jsonl"  # the held-out split, in the guide's JSONL format
@@ -59,11 +65,16 @@ def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
         log(f"note: batches held {result.rows_per_step} rows on average, not {config.batch_size}: a question's passage "
             "appears once per batch and never as another row's negative, and this data has few passages for its "
             "questions and negatives; fewer in-batch negatives")
-    finetuned_metrics = evaluate(eval_task, encoder.queries, encoder.passages) if eval_task else None
+    # The fine-tuned dense ranking, BM25 and their fusion at the α that does best on the held-out split.
+    retrievers = (compare_retrievers(eval_task, encoder.queries, encoder.passages, Analyzer.named(DEFAULT_ANALYZER))
+                  if eval_task else {})
 
     payload = {
+        "bm25": retrievers.get("bm25"),
         "base": base_metrics,
-        "finetuned": finetuned_metrics,
+        "finetuned": retrievers.get("dense"),
+        "hybrid": retrievers.get("hybrid"),
+        "fusion": retrievers.get("fusion"),
         "data": summary,
         "config": asdict(config),
         "training": {
@@ -72,6 +83,8 @@ def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
             "steps": result.steps,
             "rows_per_step": result.rows_per_step,
             "peak_rss_mb": result.peak_rss_mb,
+            "warmup_steps": result.warmup.steps,
+            "warmup_note": result.warmup.note,
             "best_checkpoint": Path(result.best_checkpoint).name if result.best_checkpoint else None,
             "resumed_from": Path(result.resumed_from).name if result.resumed_from else None,
         },
@@ -85,7 +98,8 @@ def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
     _write_outputs(staging, payload, result.loss_history, split.eval)
     _replace_dir(staging, output_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
-    log("\n" + report.comparison_table(base_metrics, finetuned_metrics))
+    log("\n" + report.comparison_table(payload))
+    log(report.verdict(payload))
     log(f"\nModel saved to {output_dir}")
     return payload
 
@@ -142,7 +156,12 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
     config = saved.get("config", {})
     base_name = base_model or config.get("model_name")
     finetuned = SentenceEncoder(load_base_model(model_dir))
-    result = {"finetuned": evaluate(task, finetuned.queries, finetuned.passages), "base": None}
+    fusion = saved.get("fusion") or {}  # the training run's α and analyzer; none in an older model folder
+    analyzer = (Analyzer.from_description(fusion["analyzer"]) if "analyzer" in fusion
+                else Analyzer.named(DEFAULT_ANALYZER))
+    retrievers = compare_retrievers(task, finetuned.queries, finetuned.passages, analyzer, fusion.get("alpha"))
+    result = {"bm25": retrievers["bm25"], "base": None, "finetuned": retrievers["dense"],
+              "hybrid": retrievers["hybrid"], "fusion": retrievers["fusion"]}
     if base_name:
         try:
             # The base model as training configured it: same pooling, length and query instruction.
@@ -156,8 +175,11 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
             log(f"note: the base model is not shown, only the fine-tuned one: {error}\n")
         else:
             result["base"] = evaluate(task, base.queries, base.passages)
-    log(f"Evaluated on {', '.join(paths)}: {len(task.queries)} questions, {len(task.corpus)} passages\n")
-    log(report.comparison_table(result["base"], result["finetuned"]))
+    log(f"Evaluated on {', '.join(paths)}: {len(task.queries)} questions, {len(task.corpus)} passages; hybrid at "
+        + (f"the training run's α {fusion['alpha']}\n" if "alpha" in fusion
+           else f"α {result['fusion']['alpha']}, chosen on this data (the model folder records none)\n"))
+    log(report.comparison_table(result))
+    log(report.verdict(result))
     if samples:
         log("\n" + _sample_answers(finetuned, task, samples))
     return result
@@ -169,6 +191,7 @@ def _with_negatives(records, config: TrainingConfig, encoder: SentenceEncoder, l
         return [QARecord(r.question, r.positive, (), r.origin) for r in records]
     miner = NegativeMiner(
         encoder,
+        source=config.negatives_from,
         num_negatives=config.num_negatives,
         range_min=config.negatives_range_min,
         range_max=config.negatives_range_max,
@@ -178,12 +201,13 @@ def _with_negatives(records, config: TrainingConfig, encoder: SentenceEncoder, l
     explicit = sum(len(r.negatives) for r in records)
     filled = miner.fill(records, [r.positive for r in records])
     per_question = min((len(r.negatives) for r in filled), default=0)
-    log(f"Negatives: {explicit} explicit, {miner.stats.mined} mined with the base model; "
+    ranker = "the base model" if config.negatives_from == "model" else "BM25"
+    log(f"Negatives: {explicit} explicit, {miner.stats.mined} mined with {ranker}; "
         f"{per_question} per question in training")
     if miner.stats.below_window or miner.stats.random:
         log(f"  note: {miner.stats.below_window} questions took candidates ranked past "
             f"--negatives_range_max {config.negatives_range_max}, {miner.stats.random} were topped up with random "
-            "training passages (the base model ranks their positive low, so few passages score below the margin)")
+            f"training passages ({ranker} found too few other candidates for them)")
     if per_question < config.num_negatives:
         log(f"  note: only {per_question} of {config.num_negatives} negatives per question: "
             "the training set has too few passages")
@@ -196,7 +220,7 @@ def _write_outputs(folder: Path, payload: dict, loss_history, eval_records) -> N
         for record in eval_records:
             out.write(json.dumps({"question": record.question, "answer": record.positive}, ensure_ascii=False) + "\n")
     report.plot_loss(loss_history, folder / "loss.png")
-    report.plot_comparison(payload["base"], payload["finetuned"], folder / "compare.png")
+    report.plot_comparison(payload, folder / "compare.png")
     (folder / "README.md").write_text(report.model_card(payload), encoding="utf-8")
 
 

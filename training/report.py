@@ -1,4 +1,9 @@
-"""What a training run leaves for people: the comparison table, plots and the model card."""
+"""What a training run leaves for people: the comparison table, plots and the model card.
+
+Every view shows the four rankings of the held-out split side by side (``RANKERS``): BM25, the base model, the
+fine-tuned model and the hybrid of the fine-tuned model with BM25, and says plainly whether the fine-tuned model
+beats BM25 (:func:`verdict`): a keyword index is the baseline a semantic search has to beat.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from training.metrics import METRIC_NAMES  # noqa: E402
 
+# (key in metrics.json, label): the order of every table and plot
+RANKERS = (("bm25", "bm25"), ("base", "base"), ("finetuned", "fine-tuned"), ("hybrid", "hybrid"))
 
-def comparison_table(base: dict | None, finetuned: dict | None) -> str:
-    """Base vs fine-tuned, one metric per row, with the gain in points (×100)."""
-    rows = [f"{'metric':<12} {'base':>8} {'fine-tuned':>11} {'gain':>8}"]
+
+def comparison_table(results: dict) -> str:
+    """The rankers of ``results`` (``metrics.json``'s keys; a missing one shows "-"), one metric per row, and the
+    fine-tuned model's gain over its base in points (×100)."""
+    rows = [f"{'metric':<12} " + " ".join(f"{label:>10}" for _, label in RANKERS) + f" {'gain':>8}"]
     for name in METRIC_NAMES:
-        b = None if base is None else base.get(name)
-        f = None if finetuned is None else finetuned.get(name)
-        gain = f"{(f - b) * 100:+.1f}" if b is not None and f is not None else "-"
-        rows.append(f"{name:<12} {_fmt(b):>8} {_fmt(f):>11} {gain:>8}")
+        values = [_metric(results, key, name) for key, _ in RANKERS]
+        base, finetuned = _metric(results, "base", name), _metric(results, "finetuned", name)
+        gain = f"{(finetuned - base) * 100:+.1f}" if base is not None and finetuned is not None else "-"
+        rows.append(f"{name:<12} " + " ".join(f"{_fmt(v):>10}" for v in values) + f" {gain:>8}")
     return "\n".join(rows)
+
+
+def verdict(results: dict) -> str:
+    """One sentence: does the fine-tuned model beat BM25 on MRR@10, and what does the hybrid add."""
+    bm25, finetuned = _metric(results, "bm25", "mrr@10"), _metric(results, "finetuned", "mrr@10")
+    if bm25 is None or finetuned is None:
+        return "No held-out split: the fine-tuned model was not compared with BM25."
+    if finetuned > bm25:
+        text = f"The fine-tuned model beats BM25: MRR@10 {finetuned:.4f} vs {bm25:.4f}."
+    else:
+        text = (f"The fine-tuned model does NOT beat BM25: MRR@10 {finetuned:.4f} vs {bm25:.4f}; "
+                "a keyword index alone would rank the held-out passages better.")
+    hybrid, alpha = _metric(results, "hybrid", "mrr@10"), (results.get("fusion") or {}).get("alpha")
+    if hybrid is not None and alpha is not None:
+        text += f" Hybrid of the two (α = {alpha}: {alpha} × model + {1 - alpha:.1f} × BM25): MRR@10 {hybrid:.4f}."
+    return text
 
 
 def plot_loss(history: list[tuple[int, float]], path: Path) -> None:
@@ -36,17 +61,18 @@ def plot_loss(history: list[tuple[int, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_comparison(base: dict | None, finetuned: dict | None, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.38
+def plot_comparison(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(RANKERS)
     xs = range(len(METRIC_NAMES))
-    for offset, (label, metrics) in zip((-width / 2, width / 2), (("base", base), ("fine-tuned", finetuned))):
-        values = [0.0 if metrics is None else metrics.get(name, 0.0) for name in METRIC_NAMES]
+    for position, (key, label) in enumerate(RANKERS):
+        offset = (position - (len(RANKERS) - 1) / 2) * width
+        values = [_metric(results, key, name) or 0.0 for name in METRIC_NAMES]
         bars = ax.bar([x + offset for x in xs], values, width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
     ax.set_xticks(list(xs), METRIC_NAMES, fontsize=8)
-    ax.set(ylim=(0, 1.1), title="Base vs fine-tuned (held-out passages)")
-    ax.legend()
+    ax.set(ylim=(0, 1.25), title="BM25, base, fine-tuned and hybrid (held-out passages)")
+    ax.legend(loc="upper center", ncol=len(RANKERS), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -96,14 +122,26 @@ def model_card(report: dict) -> str:
         "",
         "## Retrieval metrics on the held-out split",
         "",
+        f"**{verdict(report)}**",
+        "",
         "```",
-        comparison_table(report.get("base"), report.get("finetuned")),
+        comparison_table(report),
         "```",
         "",
-        "![training loss](loss.png) ![base vs fine-tuned](compare.png)",
+        "bm25: keyword search (SQLite FTS5, analyzer "
+        f"`{json.dumps((report.get('fusion') or {}).get('analyzer'))}`); hybrid: the fine-tuned model's and BM25's "
+        "scores, each min-max normalised per query, weighted α : 1 − α, with α chosen on this same split "
+        "(`fusion` in metrics.json), so its number here is optimistic.",
+        "",
+        "![training loss](loss.png) ![bm25, base, fine-tuned and hybrid](compare.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _metric(results: dict, ranker: str, name: str) -> float | None:
+    metrics = results.get(ranker)
+    return None if metrics is None else metrics.get(name)
 
 
 def _fmt(value: float | None) -> str:
