@@ -1,7 +1,7 @@
-"""Publish gates: ONNX variants must agree with PyTorch (parity) and int8 must not lose retrieval
-quality against fp32 (quality). Pure numpy on top of ``encode`` functions (the pipeline passes the
-runtime's ``OnnxEncoder.encode``, the steps the service runs); the pipeline decides what a failure
-means (refuse, or record it under ``--force``).
+"""Publish gates: ONNX variants must agree with PyTorch (parity), give a text the same vector whatever it
+is batched with (batch invariance), and int8 must not lose retrieval quality against fp32 (quality). Pure
+numpy on top of ``encode`` functions (the pipeline passes the runtime's ``OnnxEncoder.encode``, the steps
+the service runs); the pipeline decides what a failure means (refuse, or record it under ``--force``).
 
 Example::
 
@@ -12,6 +12,8 @@ Example::
     1.0
     >>> parity_failures({"onnx": 0.9995, "int8": 0.95})
     ['int8: mean cosine to PyTorch 0.950000 < 0.99']
+    >>> invariance_failures({"onnx": 6e-8, "int8": 0.0157})
+    ["int8: not batch-invariant, a text's vector alone vs in a batch: max |Δ| 1.57e-02 > 1e-05"]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from training.data import QARecord
 from training.metrics import RetrievalTask, evaluate
 
 PARITY_MIN = {"onnx": 0.999, "onnx-optimized": 0.999, "int8": 0.99, "fp16": 0.99}
+BATCH_INVARIANCE_MAX = 1e-5  # max |Δ| of a text's vector alone vs in any batch
 QUALITY_METRIC = "mrr@10"
 QUALITY_MAX_DROP = 0.01  # 1.0 point of MRR@10
 # ``encode(texts)`` → unit vectors, e.g. ``export.runtime.OnnxEncoder.encode``; the quality gate also passes
@@ -81,6 +84,38 @@ def parity_failures(results: dict[str, float | None]) -> list[str]:
             failures.append(f"{variant}: non-finite embeddings (NaN or inf), parity with PyTorch not measurable")
         elif not (math.isfinite(value) and value >= minimum):
             failures.append(f"{variant}: mean cosine to PyTorch {value:.6f} < {minimum}")
+    return failures
+
+
+def batch_invariance(run: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str], seed: int = 0) -> float | None:
+    """Largest |Δ| between each text's vector alone and in batches of mixed lengths (all texts in one pass, in
+    their order and shuffled, then shuffled groups of 2, 3 and 5). ``run(texts)``: one forward pass over the
+    texts as given, padded to the longest (e.g. ``OnnxEncoder.run`` on their encodings), so padding is
+    exercised. ``None`` when a vector is not finite."""
+    texts = list(texts)
+    alone = np.concatenate([np.asarray(run([text])) for text in texts])
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(len(texts)), rng.permutation(len(texts))]
+    for size in (2, 3, 5):
+        order = rng.permutation(len(texts))
+        groups += [order[i:i + size] for i in range(0, len(texts), size)]
+    worst = 0.0
+    for rows in groups:
+        batched = np.asarray(run([texts[i] for i in rows]))
+        if not (np.isfinite(batched).all() and np.isfinite(alone[rows]).all()):
+            return None
+        worst = max(worst, float(np.abs(batched - alone[rows]).max()))
+    return worst
+
+
+def invariance_failures(results: dict[str, float | None]) -> list[str]:
+    """Fails closed: a variant over :data:`BATCH_INVARIANCE_MAX`, without a value or with a NaN fails."""
+    failures = []
+    for variant, value in results.items():
+        if value is None or not (math.isfinite(value) and value <= BATCH_INVARIANCE_MAX):
+            shown = "not measurable (non-finite vectors)" if value is None else f"max |Δ| {value:.2e}"
+            failures.append(f"{variant}: not batch-invariant, a text's vector alone vs in a batch: {shown} "
+                            f"> {BATCH_INVARIANCE_MAX:g}")
     return failures
 
 

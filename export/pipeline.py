@@ -2,9 +2,9 @@
 
 Steps: ONNX fp32 (pooling + normalisation in the graph), tokenizer and PyTorch reference embeddings,
 after which the PyTorch model is released → onnxruntime fusions (``onnx-optimized``) → dynamic int8 of
-the fused graph → optional fp16; then the parity gate on real texts and the quality gate when eval data
-is given, one variant's session at a time, and an atomic publish. Everything is built in the registry's staging
-folder and discarded when a step or a gate fails (unless ``force``).
+the fused graph → optional fp16; then the parity and batch-invariance gates on real texts and the quality
+gate when eval data is given, one variant's session at a time, and an atomic publish. Everything is built
+in the registry's staging folder and discarded when a step or a gate fails (unless ``force``).
 
 Example::
 
@@ -25,7 +25,9 @@ from export.bundle import validate_name
 from export.errors import ExportError
 from export.quantize import detect_int8_target, quantize_int8
 from export.registry import discard_staging, new_staging_dir, publish
-from export.runtime import OnnxEncoder
+from export.runtime import OnnxEncoder, runs_per_sequence
+
+INVARIANCE_TEXTS = 24  # the first parity texts (every built-in sample: short, long, truncated)
 
 DEFAULT_VARIANTS = ("onnx", "onnx-optimized", "int8")
 FILES = {"onnx": "model.onnx", "onnx-optimized": "model_optimized.onnx", "int8": "model_int8.onnx",
@@ -134,22 +136,30 @@ def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str,
 
 def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, threads, force: bool,
                log) -> dict:
-    """Parity of every variant to the PyTorch ``reference`` of ``texts``; quality of fp32 and int8 on the
-    eval ``records``. Each variant's session is opened, measured and dropped before the next one. The
-    encoder is the runtime the service runs (its tokenizer, session and post step)."""
-    mean_cosine, measured = {}, {}
+    """Parity of every variant to the PyTorch ``reference`` of ``texts`` and its batch invariance; quality of
+    fp32 and int8 on the eval ``records``. Each variant's session is opened, measured and dropped before the
+    next one. The encoder is the runtime the service runs (its tokenizer, session and post step), run per
+    sequence where the variant's manifest entry says so, exactly as the service will run it."""
+    mean_cosine, measured, invariance, runs = {}, {}, {}, {}
     for variant in variants:  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
+        per_sequence = runs_per_sequence(variant, facts["variants"][variant])
         encoder = OnnxEncoder.from_files(staging / FILES[variant], staging / facts["tokenizer"],
-                                         facts["max_seq_length"], threads, query_prompt=facts["query_prompt"])
+                                         facts["max_seq_length"], threads, query_prompt=facts["query_prompt"],
+                                         per_sequence=per_sequence)
+        runs[variant] = "one sequence per pass" if per_sequence else "padded batches"
         mean_cosine |= gates.parity(reference, {variant: encoder.encode}, texts)
+        invariance[variant] = gates.batch_invariance(
+            lambda batch, e=encoder: e.run(e.tokenizer.encode(batch)), texts[:INVARIANCE_TEXTS])
         if records and variant in ("onnx", "int8"):
             measured |= gates.quality(records, {variant: encoder.encode})
         del encoder
         gc.collect()
     result = {"parity": {"texts": len(texts), "mean_cosine": mean_cosine,
                          "minimum": {v: gates.PARITY_MIN[v] for v in mean_cosine}}}
-    failures = gates.parity_failures(mean_cosine)
-    log(f"parity (mean cosine to PyTorch): {mean_cosine}")
+    result["batch_invariance"] = {"texts": min(len(texts), INVARIANCE_TEXTS), "max_abs_diff": invariance,
+                                  "maximum": gates.BATCH_INVARIANCE_MAX, "runs": runs}
+    failures = gates.parity_failures(mean_cosine) + gates.invariance_failures(invariance)
+    log(f"parity (mean cosine to PyTorch): {mean_cosine}; batch invariance (max |Δ|): {invariance}")
     if records:
         queries = len({r.question for r in records})
         result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.allowed_drop(queries),

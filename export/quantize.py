@@ -81,6 +81,11 @@ def quantize_int8(source: Path, target: Path, int8_target: str, per_channel: boo
         },
     )
     return {
+        # Activation scales are computed at run time over each forward pass: no calibration data; batch-invariant
+        # only one sequence per pass (export.runtime.runs_per_sequence), measured in docs/benchmarks.md.
+        "mode": "dynamic",
+        "activation_scales": "per forward pass (one sequence per pass when served)",
+        "calibration": None,
         "target": int8_target,
         "per_channel": config.per_channel,
         "weights": config.weights_dtype.name,

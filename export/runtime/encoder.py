@@ -4,8 +4,9 @@ Contract: :meth:`OnnxEncoder.encode` returns ``float32 [n, dim]`` unit vectors i
 texts, made of exactly the steps the service runs for ``/embed`` (:class:`~export.runtime.TextTokenizer`,
 :func:`~export.runtime.pad_batch`, :class:`~export.runtime.OnnxSession`, :func:`normalize`); only the
 batching differs (here: sorted by token length, as ``SentenceTransformer.encode`` does, which keeps
-padding, and so wasted compute, small). The export gates, retrain and the benchmarks use it, so what
-they certify or measure is what the service serves.
+padding, and so wasted compute, small), which does not change a text's vector (the session is
+batch-invariant). The export gates, retrain and the benchmarks use it, so what they certify or measure is
+what the service serves.
 
 Example::
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from export.bundle import Bundle
 
-from .session import OnnxSession
+from .session import OnnxSession, runs_per_sequence
 from .tokenizer import Encoded, TextTokenizer, pad_batch
 
 
@@ -52,18 +53,23 @@ class OnnxEncoder:
     @classmethod
     def from_files(cls, onnx_path: str | Path, tokenizer_path: str | Path, max_seq_length: int,
                    threads: int | None = None, *, query_prompt: str = "", device: str = "cpu",
-                   spinning: bool = True) -> OnnxEncoder:
+                   spinning: bool = True, per_sequence: bool = False) -> OnnxEncoder:
+        """``per_sequence``: as :class:`~export.runtime.OnnxSession` (True for dynamic int8 graphs)."""
         return cls(TextTokenizer(tokenizer_path, max_seq_length, query_prompt),
-                   OnnxSession(onnx_path, device=device, threads=threads, spinning=spinning))
+                   OnnxSession(onnx_path, device=device, threads=threads, spinning=spinning,
+                               per_sequence=per_sequence))
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, variant: str, threads: int | None = None, prompt: str | None = None,
                     *, device: str = "cpu") -> OnnxEncoder:
         """An encoder for one variant of a bundle, with the bundle's query prompt for ``is_query=True``;
-        given a ``prompt``, it encodes every text as a query with that instruction instead."""
+        given a ``prompt``, it encodes every text as a query with that instruction instead. Runs the
+        variant batch-invariantly, as its manifest entry says (:func:`~export.runtime.runs_per_sequence`)."""
         query_prompt = bundle.query_prompt if prompt is None else prompt
+        per_sequence = runs_per_sequence(variant, bundle.manifest.get("variants", {}).get(variant, {}))
         return cls(TextTokenizer(bundle.tokenizer_path, bundle.max_seq_length, query_prompt),
-                   OnnxSession(bundle.variant_path(variant), device=device, threads=threads),
+                   OnnxSession(bundle.variant_path(variant), device=device, threads=threads,
+                               per_sequence=per_sequence),
                    queries=prompt is not None)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, *, is_query: bool | None = None,

@@ -10,6 +10,12 @@ Contract:
   output as ``float32 [batch, dim]``, and is thread-safe (onnxruntime's ``run`` is).
 * ``max_batch_size`` and ``concurrent_batches`` say how the session runs best (see their comments);
   batching code combines them with its own limits.
+* Batch-invariant: a row's output does not depend on the other rows or on padding (max |Δ| ≤ 1e-5). A
+  graph whose activation scales are computed per forward pass (dynamic int8) is run with
+  ``per_sequence=True``: :meth:`OnnxSession.run` then runs each row alone, without its padding (inputs are
+  right-padded, as :func:`~export.runtime.pad_batch` pads). On this CPU that costs nothing: int8 ran as
+  fast at batch 1 as at batch 32 (docs/benchmarks.md). :func:`runs_per_sequence` decides it from a
+  bundle's manifest.
 
 Example::
 
@@ -33,6 +39,24 @@ OUTPUT = "sentence_embedding"
 
 class SessionError(RuntimeError):
     """The graph cannot be loaded on the requested device or does not have the expected inputs/outputs."""
+
+
+def quantization_mode(variant: str, facts: dict) -> str:
+    """How a bundle variant computes its activations: ``none`` (fp32, fp16), ``dynamic`` (int8 with
+    activation scales computed per forward pass) or what its manifest's ``quantization.mode`` says.
+    ``facts``: the variant's manifest entry. An int8 entry without ``mode`` (bundles made before the mode was
+    recorded) is dynamic int8: that is what they hold."""
+    quantization = facts.get("quantization")
+    if quantization is None:
+        return "dynamic" if variant == "int8" else "none"
+    return quantization.get("mode", "dynamic")
+
+
+def runs_per_sequence(variant: str, facts: dict) -> bool:
+    """Whether the variant must run one sequence per forward pass to be batch-invariant: dynamic int8 takes
+    one activation scale over the whole padded batch, so a text's vector moved with its batch mates
+    (cosine 0.995 to itself alone); one sequence per pass makes the scale a function of the text only."""
+    return quantization_mode(variant, facts) == "dynamic"
 
 
 def uses_cuda(device: str) -> bool:
@@ -61,7 +85,7 @@ class OnnxSession:
     """One loaded graph; ``run(ids, mask, types) -> float32 [batch, dim]`` pooled embeddings."""
 
     def __init__(self, onnx_path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, per_sequence: bool = False) -> None:
         path = Path(onnx_path)
         if not path.exists():
             raise SessionError(f"ONNX file not found: {path}")
@@ -94,6 +118,7 @@ class OnnxSession:
         # On CPU a bigger batch brings no speed-up per text (measured: bs 32 costs more per text than
         # bs 1-8 on 2 cores); small batches keep latency low. GPUs want large batches.
         self.max_batch_size: int | None = 16 if self.device == "cpu" else None
+        self.per_sequence = per_sequence
         # Short texts parallelise poorly inside one pass: two passes at once cost ~9.5 CPU-ms per query
         # against ~12 for one pass over 2 threads (1.10× the /embed traffic, docs/benchmarks/service.md);
         # alone, a pass still gets every thread.
@@ -111,8 +136,16 @@ class OnnxSession:
             token_type_ids: np.ndarray | None) -> np.ndarray:
         if self._session is None:
             raise SessionError("session closed")
-        (out,) = self._session.run([OUTPUT], self.feeds(input_ids, attention_mask, token_type_ids))
-        return np.asarray(out, dtype=np.float32)
+        if not self.per_sequence or len(input_ids) == 1 and attention_mask.all():
+            (out,) = self._session.run([OUTPUT], self.feeds(input_ids, attention_mask, token_type_ids))
+            return np.asarray(out, dtype=np.float32)
+        rows = []
+        for i, length in enumerate(attention_mask.sum(axis=1)):
+            types = None if token_type_ids is None else token_type_ids[i:i + 1, :length]
+            (out,) = self._session.run([OUTPUT], self.feeds(input_ids[i:i + 1, :length],
+                                                            attention_mask[i:i + 1, :length], types))
+            rows.append(out)
+        return np.concatenate(rows).astype(np.float32, copy=False)
 
     @property
     def closed(self) -> bool:
