@@ -42,6 +42,10 @@ class ModelSpec:
     query_prompt: str = ""
     onnx_path: Path | None = None  # for the onnx backend
     variant: str = "onnx"
+    # the variant's export.runtime.quantization_mode ("none", "dynamic", ...) and whether it must run one sequence
+    # per forward pass to be batch-invariant (export.runtime.runs_per_sequence), both from the manifest
+    quantization: str = "none"
+    per_sequence: bool = False
     torch_model: Path | None = None  # sentence-transformers folder, for the torch backend
     bundle_path: Path | None = None  # the bundle's folder
     # the manifest's "index" section, for a read-only index bundle (service.index_bundle); a dict, so not hashed

@@ -1,8 +1,9 @@
 """ONNX backend: a thin adapter over the runtime's session (``export.runtime.OnnxSession``).
 
-The session (device selection, options, graph checks, batch preferences) is the same one the export
-gates certify; this adapter only maps its errors to :class:`BackendError` and turns off thread spinning,
-as a server shares its cores with its event loop, tokenizer and HTTP stack.
+The session (device selection, options, graph checks, batch preferences, one sequence per pass for dynamic
+int8 so that a text's vector never depends on its batch) is the same one the export gates certify; this
+adapter only maps its errors to :class:`BackendError` and turns off thread spinning, as a server shares
+its cores with its event loop, tokenizer and HTTP stack.
 
 Example::
 
@@ -28,7 +29,8 @@ class OnnxBackend(Backend):
         if spec.onnx_path is None:
             raise BackendError(f"ONNX file not found: {spec.onnx_path}")
         try:
-            self.session = OnnxSession(spec.onnx_path, device=device, threads=threads, spinning=False)
+            self.session = OnnxSession(spec.onnx_path, device=device, threads=threads, spinning=False,
+                                       per_sequence=spec.per_sequence)
         except SessionError as exc:
             raise BackendError(str(exc)) from exc
         self.device = self.session.device
