@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.runtime import InputTooLong, TextTokenizer, uses_cuda
+from export.runtime import InputTooLong, TextTokenizer, quantization_mode, runs_per_sequence, uses_cuda
 
 from .backends.base import Backend, BackendError, ModelSpec
 from .backends.factory import load_backend
@@ -62,9 +62,13 @@ class EmbeddingModel:
         return self.backend.dimension or self.spec.dimension
 
     def info(self) -> dict:
+        per_sequence = self.spec.per_sequence and self.backend.kind == "onnx"
         return {"name": self.spec.name, "version": self.spec.version, "variant": self.backend.variant,
                 "backend": self.backend.kind, "device": self.backend.device, "dimension": self.dimension,
-                "max_seq_length": self.spec.max_seq_length, "query_prompt": self.spec.query_prompt}
+                "max_seq_length": self.spec.max_seq_length, "query_prompt": self.spec.query_prompt,
+                # batch-invariant either way; per sequence: dynamic int8, whose scales span a forward pass
+                "quantization": self.spec.quantization if self.backend.kind == "onnx" else "none",
+                "batching": "one sequence per pass" if per_sequence else "padded batches"}
 
     async def embed(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
                     truncation_direction: str = "right",
@@ -134,6 +138,7 @@ def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpe
         log.warning("bundle %s/%s has no %s variant; using %s", bundle.name, bundle.version, variant, fallback)
         variant = fallback or variant
     onnx_path = bundle.variant_path(variant) if settings.backend == "onnx" else None
+    facts = bundle.manifest["variants"].get(variant, {})
     torch_model = settings.torch_model
     if settings.backend == "torch" and torch_model is None:
         candidates = [bundle.path] + sorted(p.parent for p in bundle.path.glob("*/modules.json"))
@@ -141,6 +146,7 @@ def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpe
     return ModelSpec(name=bundle.name, version=bundle.version, tokenizer_path=bundle.tokenizer_path,
                      max_seq_length=bundle.max_seq_length, dimension=bundle.dimension,
                      query_prompt=bundle.query_prompt, onnx_path=onnx_path, variant=variant,
+                     quantization=quantization_mode(variant, facts), per_sequence=runs_per_sequence(variant, facts),
                      torch_model=Path(torch_model) if torch_model else None, bundle_path=bundle.path,
                      # an index bundle (service.index_bundle) also carries the documents it embedded
                      index=bundle.manifest.get("index"))
