@@ -211,7 +211,10 @@ def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, q
     out: dict = {"levels": []}
     try:
         out["ready_s"] = round(svc.wait_ready(), 1)
-        out["inference_workers"] = httpx.get(svc.url + "/info").json()["limits"]["inference_workers"]
+        info = httpx.get(svc.url + "/info").json()
+        out["inference_workers"] = info["limits"]["inference_workers"]
+        # which int8 the numbers are for: its quantisation mode and how it batches (batch-invariant either way)
+        out["model"] = {key: info["model"].get(key) for key in ("variant", "quantization", "batching")}
         batches = [{"inputs": questions[i:i + 32]} for i in range(0, len(questions) - 31, 32)]
         singles = [{"inputs": q} for q in questions]
         seconds = 4 if quick else 8
@@ -467,9 +470,9 @@ def embed_section(results: dict) -> list[str]:
     lines = ["## /embed over HTTP", "",
               f"Baseline in the same run: in-process `SentenceTransformer.encode(batch_size=32)` (torch, fp32, best "
               f"of 3) on the same {results['torch_baseline']['texts']} questions: **{torch_tps} texts/s**. The "
-              f"service runs the int8 ONNX variant; the load generator is this benchmark process (same 2 cores, "
-              f"loopback). CPU ms per request: what the service and the load generator each spent per answered "
-              f"request.", "",
+              f"service runs {_served(results['embed'].get('model'))}; the load generator is this benchmark "
+              f"process (same 2 cores, loopback). CPU ms per request: what the service and the load generator "
+              f"each spent per answered request.", "",
               "| mode | clients | texts/s | × torch | p50 ms | p95 ms | p99 ms | mean batch | CPU ms/request "
               "service / load gen | errors |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -502,6 +505,13 @@ def embed_section(results: dict) -> list[str]:
         if "optimum" in inf.get("ready_s", {}):
             lines += ["", "Infinity's `optimum` engine started on the local folder (the issue saw it fail)."]
     return lines
+
+
+def _served(model: dict | None) -> str:
+    """The variant as /info states it, e.g. ``int8 (dynamic, one sequence per pass)``."""
+    if not model:
+        return "the int8 ONNX variant"
+    return f"the {model['variant']} ONNX variant ({model['quantization']} quantisation, {model['batching']})"
 
 
 def one_worker_sentence(part: dict, default: dict | None, key: str) -> list[str]:
