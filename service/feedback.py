@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -123,7 +124,8 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m service export-feedback``: exit 0 written, 2 bad arguments, data directory or Milvus."""
     from .settings import Settings, SettingsError
-    from .store import DurableStore, StoreError
+    from .store import DATABASE, DocumentStore, StoreError
+    from .wal import LegacyCorrupt, has_legacy, read_legacy
 
     parser = argparse.ArgumentParser(
         prog="python -m service export-feedback",
@@ -155,12 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if args.data_dir is None:
             parser.error("--data_dir (or QAEMBED_DATA_DIR) is required")
-        if not (Path(args.data_dir) / "wal").is_dir():
-            print(f"error: {args.data_dir} is not a service data directory (no wal/)", file=sys.stderr)
-            return 2
-        try:
-            records = DurableStore(args.data_dir, create=False).read_feedback()
-        except (StoreError, OSError, ValueError) as exc:
+        try:  # a directory the previous release wrote and no server migrated yet is read as it is
+            if not (args.data_dir / DATABASE).exists() and has_legacy(args.data_dir):
+                records = read_legacy(args.data_dir).feedback
+            else:
+                store = DocumentStore.reader(args.data_dir)
+                try:
+                    records = store.read_feedback()
+                finally:
+                    store.close()
+        except (StoreError, LegacyCorrupt, OSError, ValueError, sqlite3.Error) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     rows, stats = to_training(records)

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.analyzer import ANALYZER_NAMES
+
 ENV_PREFIX = "QAEMBED_"
 FAISS_INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "hnsw", "hnsw-sq8")
 # --index: a FAISS index type ("faiss" = "auto") or "milvus" (documents live in a Milvus server/cluster)
@@ -110,7 +112,8 @@ class Settings:
     milvus_index_type: str = "AUTOINDEX"
     milvus_consistency: str = "Strong"  # read-your-writes across replicas; Bounded is faster, seconds stale
     # durability
-    snapshot_every: int = 1000  # WAL records between snapshots
+    snapshot_every: int = 1000  # document writes between checks whether the FAISS index needs compacting
+    analyzer: str = "tr"  # lexical analyzer of the documents in --data_dir (stored there: a restart can't change it)
     # model updates: poll <registry>/<name>/LATEST every this many seconds (0 = off; None = 30 unless
     # --version pins one); a new version is loaded like POST /admin/reload
     reload_interval: float | None = None
@@ -131,7 +134,8 @@ class Settings:
         add("--name", help="bundle name in the registry")
         add("--version", help="bundle version to serve (unset: the one LATEST names)")
         add("--data_dir", type=Path,
-            help="state folder: documents, snapshots, write-ahead log, feedback (unset: documents live in memory)")
+            help="state folder: the SQLite database of documents, vectors, lexical index and feedback (unset: "
+                 "documents live in memory)")
         add("--corpus", type=Path, nargs="*",
             help="QA data file(s) whose answers/passages become documents at start (os.pathsep-separated in the "
                  "variable)")
@@ -180,7 +184,12 @@ class Settings:
         add("--milvus_index_type", choices=MILVUS_INDEX_TYPES, help="index type of new Milvus collections")
         add("--milvus_consistency", choices=MILVUS_CONSISTENCY,
             help="Milvus read consistency (Strong: read-your-writes across replicas; Bounded: faster, seconds stale)")
-        add("--snapshot_every", type=int, help="write-ahead-log records between snapshots")
+        add("--snapshot_every", type=int,
+            help="document writes between checks whether the FAISS index needs compacting (the store is SQLite: "
+                 "no snapshots are written)")
+        add("--analyzer", choices=ANALYZER_NAMES,
+            help="lexical analyzer of the documents (tr: Turkish lowercasing and stems); stored with the data: "
+                 "a restart with another one is refused")
         add("--reload_interval", type=float,
             help=f"seconds between checks of LATEST for a new version (0 = off; default {DEFAULT_RELOAD_INTERVAL:g}, "
                  "off when --version is pinned)")
@@ -272,6 +281,8 @@ class Settings:
             raise SettingsError("--max_inputs must not exceed --max_queue_size (such a request could never run)")
         if self.backend not in ("onnx", "torch"):
             raise SettingsError(f"--backend must be onnx or torch, got {self.backend!r}")
+        if self.analyzer not in ANALYZER_NAMES:
+            raise SettingsError(f"--analyzer must be one of {', '.join(ANALYZER_NAMES)}, got {self.analyzer!r}")
         if self.index not in INDEX_TYPES:
             raise SettingsError(f"--index must be one of {', '.join(INDEX_TYPES)}, got {self.index!r}")
         if self.variant not in VARIANTS:

@@ -5,8 +5,10 @@ Shared by every test module: add fixtures with small, targeted insertions.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -65,19 +67,24 @@ def exported_bundle(tmp_path_factory, minilm_path) -> tuple[Path, str]:
     return registry, "minilm"
 
 
-class FailingLog:
-    """Fault injection around the WAL's file: the next write stores half its bytes, then fails."""
+class FailingDatabase:
+    """Fault injection around the store's SQLite connection: the next COMMIT fails, after the transaction's
+    statements ran, with the error SQLite reports for ``error`` (an errno: ENOSPC → SQLITE_FULL, EIO →
+    SQLITE_IOERR), as a disk failing while SQLite writes its log would."""
 
-    def __init__(self, file, error: int) -> None:
-        self.file, self.error, self.armed = file, error, True
+    SQLITE = {errno.ENOSPC: (13, "database or disk is full"), errno.EIO: (10, "disk I/O error")}
 
-    def write(self, data: bytes) -> int:
-        if self.armed:
+    def __init__(self, connection, error: int) -> None:
+        self.connection, self.error, self.armed = connection, error, True
+
+    def execute(self, sql: str, *args):
+        if self.armed and sql == "COMMIT":
             self.armed = False
-            self.file.write(data[: len(data) // 2])
-            self.file.flush()
-            raise OSError(self.error, os.strerror(self.error))
-        return self.file.write(data)
+            code, message = self.SQLITE[self.error]
+            failure = sqlite3.OperationalError(message)
+            failure.sqlite_errorcode = code
+            raise failure
+        return self.connection.execute(sql, *args)
 
     def __getattr__(self, name):
-        return getattr(self.file, name)
+        return getattr(self.connection, name)

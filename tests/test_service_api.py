@@ -7,7 +7,6 @@ import asyncio
 import base64
 import errno
 import json
-import os
 import re
 import shutil
 import socket
@@ -26,7 +25,7 @@ from service.http.server import server_config
 from service.metrics import ServiceMetrics
 from service.model import EmbeddingModel, open_serving_model, spec_from_bundle
 from service.settings import Settings
-from tests.conftest import FailingLog
+from tests.conftest import FailingDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -495,10 +494,10 @@ def test_a_write_the_disk_refuses_is_a_503_and_loses_nothing_acknowledged(export
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.post("/documents", json={"documents": [{"id": "a", "text": "kept"}]}).status_code == 200
-            store = srv.app.state.engine.storage.journal.store  # the local mode's WAL
-            store._file = FailingLog(store._file, error)
+            store = srv.app.state.engine.storage.journal.store  # the local mode's SQLite store
+            store._connection = FailingDatabase(store._connection, error)
             err = assert_error(c.post("/documents", json={"documents": [{"id": "b", "text": "refused"}]}), 503)
-            assert err["type"] == "storage_unavailable" and os.strerror(error) in err["message"]
+            assert err["type"] == "storage_unavailable" and FailingDatabase.SQLITE[error][1] in err["message"]
             assert_error(c.get("/documents/b"), 404)  # not half-applied either
             after = c.post("/documents", json={"documents": [{"id": "c", "text": "after"}]})
             if error == errno.ENOSPC:  # a full disk may free up: later writes go on

@@ -1,5 +1,6 @@
 """Durability of ``python -m service`` as a real process: kill -9 after acknowledged writes loses
-nothing; SIGTERM shuts down gracefully; restart with another model version re-embeds."""
+nothing; SIGTERM shuts down gracefully; restart with another model version re-embeds; a data directory
+of the previous release (write-ahead log + snapshots) is migrated into SQLite at start."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def test_kill9_after_acknowledged_writes_loses_nothing(bundle, tmp_path):
     deleted: set[str] = set()
     try:
         c = svc.wait_ready()
-        for batch in range(6):  # 6 acknowledged writes of 5 docs; snapshots every 7 WAL records
+        for batch in range(6):  # 6 acknowledged writes of 5 docs; the store's upkeep every 7 writes
             docs = [{"id": f"b{batch}-{i}", "text": f"Kayıt {batch}-{i}: {'ağaç deniz güneş yağmur rüzgar'.split()[i]}"
                      f" ve sayı {batch * 10 + i}", "metadata": {"batch": batch}} for i in range(5)]
             assert c.post("/documents", json={"documents": docs}).status_code == 200
@@ -133,7 +134,7 @@ def test_kill9_after_acknowledged_writes_loses_nothing(bundle, tmp_path):
             assert [hits[0]["id"] for hits in r.json()["results"]] == [k for k, _ in chunk]
         assert c.post("/search", json={"query": "deniz", "filter": {"batch": 2}}).json()["results"]
 
-        # SIGTERM: graceful exit, log flushed into a snapshot; the next start finds everything
+        # SIGTERM: graceful exit, the database closed; the next start finds everything
         again.proc.send_signal(signal.SIGTERM)
         # uvicorn finishes in-flight work, runs the shutdown, then re-raises the signal it caught
         assert again.proc.wait(60) in (0, -signal.SIGTERM)
@@ -144,7 +145,9 @@ def test_kill9_after_acknowledged_writes_loses_nothing(bundle, tmp_path):
     try:
         c = third.wait_ready()
         assert c.get("/ready").json()["documents"] == recovered
-        assert "0 WAL records replayed" in third.log.read_text()
+        assert f"recovered {recovered} documents (0 to re-embed)" in third.log.read_text()
+        durability = c.get("/info").json()["durability"]
+        assert durability["store"] == "sqlite" and durability["analyzer"] == "tr"
     finally:
         third.close()
 
@@ -226,3 +229,28 @@ def test_a_second_server_on_one_data_dir_is_refused_until_the_first_dies(bundle,
         assert json.loads((data / "LOCK").read_text())["pid"] == again.proc.pid
     finally:
         again.close()
+
+
+def test_a_data_directory_of_the_previous_release_is_migrated_at_start(bundle, tmp_path):
+    """tests/data/wal_datadir was written by the write-ahead-log store (3 documents live, 2 feedback records,
+    vectors of a 2-dimensional test model): the first start brings it into SQLite, re-embeds, and keeps the old
+    files aside; a restart finds the same without migrating again."""
+    registry, name = bundle
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "tests" / "data" / "wal_datadir", data)
+    for attempt in range(2):
+        svc = ServiceProcess(registry, name, data)
+        try:
+            c = svc.wait_ready()
+            assert c.get("/ready").json()["documents"] == 3
+            assert c.get("/documents/a").json()["metadata"] == {"lang": "tr", "v": 2}
+            assert c.get("/documents/b").status_code == 404
+            top = c.post("/search", json={"query": "Kahve nasıl yapılır?", "top_k": 1}).json()["results"][0]
+            assert top["id"] == "d"
+            assert c.get("/feedback/export").text.count("başkent?") == 1
+        finally:
+            svc.close()
+        log = svc.log.read_text()
+        assert ("migrated the write-ahead log store" in log) == (attempt == 0), log[-3000:]
+        assert ("3 to re-embed" if attempt == 0 else "(0 to re-embed)") in log, log[-3000:]
+    assert [p.name for p in data.glob("wal-store.migrated-*/*")] and not (data / "wal").exists()

@@ -1,6 +1,6 @@
 """The storage interface: what the engine asks of the place documents and feedback persist.
 
-A :class:`Storage` is one mode (local WAL, in memory, read-only index bundle, Milvus; see
+A :class:`Storage` is one mode (local SQLite, in memory, read-only index bundle, Milvus; see
 :mod:`service.storage`), chosen once at start. It never holds the serving generation itself; the
 engine hands it what it needs and keeps the one write lock, so for every acknowledged write the
 order is always: :meth:`Storage.log` (durable) → apply to the collection → acknowledge.
@@ -16,8 +16,8 @@ Contract, per call (the engine's side in brackets):
 * :meth:`log` makes one :class:`Write` durable, or raises :class:`service.store.WriteFailed`
   (nothing of it kept). [write lock held; blocking: run it in a thread]
 * feedback: :meth:`add_feedback` (durable once it returns) and :meth:`read_feedback` (oldest first).
-* snapshots: :meth:`snapshot_due` says when :meth:`snapshot` is worth running (never, in modes without
-  a log).
+* upkeep (named snapshot for the engine): :meth:`snapshot_due` says when :meth:`snapshot` is worth running:
+  storing vectors a re-embedding computed, compacting the index (never, in modes without a store).
 * :meth:`broken` (liveness), :meth:`check` (readiness), :meth:`durability` (``/info``), :meth:`close`.
 """
 
@@ -54,10 +54,11 @@ class Write:
             collection.upsert(self.docs, self.vectors)
 
 
-def durability_facts(settings, wal_seq: int | None = None, milvus_uri: str | None = None) -> dict:
-    """``/info``'s ``durability`` section (the same keys in every mode, and before the mode is chosen)."""
-    return {"data_dir": str(settings.data_dir) if settings.data_dir else None, "wal_seq": wal_seq,
-            "milvus_uri": milvus_uri}
+def durability_facts(settings, store: str | None = None, milvus_uri: str | None = None) -> dict:
+    """``/info``'s ``durability`` section (the same keys in every mode, and before the mode is chosen):
+    ``store`` is ``sqlite`` (``--data_dir``), ``memory`` or ``milvus``."""
+    return {"store": store, "data_dir": str(settings.data_dir) if settings.data_dir else None,
+            "analyzer": settings.analyzer if store == "sqlite" else None, "milvus_uri": milvus_uri}
 
 
 class Storage(ABC):
@@ -95,12 +96,12 @@ class Storage(ABC):
         """Every feedback record stored, oldest first. Blocking."""
 
     def snapshot_due(self, stopping: bool = False) -> bool:
-        """Whether :meth:`snapshot` should run now: enough logged since the last one (``stopping``: anything)."""
+        """Whether :meth:`snapshot` should run now (``stopping``: at a graceful stop)."""
         return False
 
     async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:  # noqa: B027
-        """Compact what was logged into a snapshot of ``current()`` (read under ``lock``, the engine's write
-        lock). Default: nothing to compact."""
+        """Bring the store and ``current()``'s collection in line (read under ``lock``, the engine's write
+        lock): store vectors re-embedded by its model, compact its index. Default: nothing to do."""
 
     @property
     def broken(self) -> str | None:

@@ -11,7 +11,7 @@ the model's::
 and the manifest's ``index`` section (``ModelSpec.index``): ``type``, ``documents``, ``dimension``
 (plus ``corpus`` and ``model``, for people). Document writes answer 405 (the corpus changes by
 publishing a new version); a reload loads the new version's collection instead of re-embedding.
-Feedback is still taken: into the WAL with ``--data_dir``, else in memory.
+Feedback is still taken: into the SQLite store with ``--data_dir``, else in memory.
 """
 
 from __future__ import annotations
@@ -83,12 +83,9 @@ class BundleStorage(JournaledStorage):
         self.index_config = index_config
 
     async def open(self, model: EmbeddingModel) -> Collection:
-        state = await asyncio.to_thread(self.journal.recover)  # the data dir keeps feedback only
-        if state.seq:
-            log.info("recovered the feedback log (snapshot seq %d, %d WAL records replayed)", state.snapshot_seq,
-                     state.replayed)
+        await asyncio.to_thread(self.journal.recover)  # the data dir keeps feedback only
         collection = await asyncio.to_thread(_bundle_collection, model.spec, self.index_config)
-        self.journal.open_log(dirty=state.replayed > 0)
+        self.journal.open_log(dirty=False)
         return collection
 
     async def next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> Collection:

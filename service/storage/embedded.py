@@ -1,13 +1,14 @@
 """The FAISS modes: documents in a collection in this process, kept by a journal (local or in memory).
 
-* local (``--data_dir``, :class:`~service.storage.journal.WalJournal`): at start the WAL and the
-  last snapshot are recovered; documents another model version embedded (a restart on a new model)
-  are re-embedded before the replica is ready, so it never searches mixed vectors.
+* local (``--data_dir``, :class:`~service.storage.journal.SqliteJournal`): at start the documents and
+  their vectors are read from the SQLite store (migrating the previous release's files once);
+  documents another model version embedded (a restart on a new model) are re-embedded before the
+  replica is ready, so it never searches mixed vectors, and their new vectors stored.
 * in memory (no ``--data_dir``, :class:`~service.storage.journal.Journal`): a start is empty.
 
 A reload re-embeds every live document with the new model into a new collection while the old one
 serves; the writes acknowledged meanwhile are replayed into it at the swap, embedded by the new
-model. A snapshot holds the live documents and their vectors, and compacts the index when worthwhile.
+model. The journal's upkeep stores the re-embedded vectors and compacts the index when worthwhile.
 """
 
 from __future__ import annotations
@@ -51,9 +52,8 @@ class EmbeddedStorage(JournaledStorage):
                 vectors.append(vector)
             else:  # embedded by another model version
                 stale.append(doc)
-        if state.seq:
-            log.info("recovered %d documents (snapshot seq %d, %d WAL records replayed, %d to re-embed)",
-                     len(state.docs), state.snapshot_seq, state.replayed, len(stale))
+        if state.docs:
+            log.info("recovered %d documents (%d to re-embed)", len(state.docs), len(stale))
         matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, model.dimension), np.float32)
         if stale:
             t0 = time.perf_counter()
@@ -63,7 +63,7 @@ class EmbeddedStorage(JournaledStorage):
                      time.perf_counter() - t0)
         collection = await asyncio.to_thread(Collection.from_arrays, model.dimension, self.index_config,
                                              model.spec.version, docs, matrix)
-        self.journal.open_log(dirty=bool(stale or state.replayed))
+        self.journal.open_log(dirty=bool(stale))
         return collection
 
     async def next_collection(self, model: EmbeddingModel, old: Generation, status: dict) -> Collection:
@@ -82,8 +82,9 @@ class EmbeddedStorage(JournaledStorage):
                 write = Write(write.docs, await new.model.embed_bulk([d.text for d in write.docs]))
             await new.run(write.apply, new.collection)
 
-    async def snapshot_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
-        docs, vectors = await gen.run(gen.collection.live)
+    async def serving_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
+        return await gen.run(gen.collection.live)
+
+    async def compact(self, gen: Generation) -> None:
         if gen.collection.needs_rebuild():
             await gen.run(gen.collection.rebuild)
-        return docs, vectors

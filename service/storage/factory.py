@@ -3,15 +3,16 @@
 ======================================== ==============================================================
 the model's bundle and settings           storage
 ======================================== ==============================================================
-an index bundle (``spec.index``)          :class:`~.bundle.BundleStorage` (feedback: WAL with
+an index bundle (``spec.index``)          :class:`~.bundle.BundleStorage` (feedback: SQLite in
                                           ``--data_dir``, else memory); ``--index milvus`` is refused
 ``--index milvus``                        :class:`~.milvus.MilvusStorage` (``--data_dir`` unused)
-``--data_dir``                            :class:`~.embedded.EmbeddedStorage` with a WAL (local)
+``--data_dir``                            :class:`~.embedded.EmbeddedStorage` with SQLite (local)
 neither                                   :class:`~.embedded.EmbeddedStorage` in memory
 ======================================== ==============================================================
 
-A WAL in ``--data_dir`` is written only by the process holding the directory's lock (:mod:`.lock`): a
-second one is refused with :class:`~.lock.DataDirLocked` before it reads anything there.
+The SQLite store in ``--data_dir`` is written only by the process holding the directory's lock
+(:mod:`.lock`): a second one is refused with :class:`~.lock.DataDirLocked` before it reads anything there.
+The store's lexical index is analysed by ``--analyzer`` (fixed when the directory is created).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from training.analyzer import Analyzer
+
 from ..backends.base import ModelSpec
 from ..index import IndexConfig
-from ..store import DurableStore
+from ..store import DocumentStore
 from .base import Storage
 from .bundle import BundleStorage
 from .embedded import EmbeddedStorage
-from .journal import Journal, WalJournal
+from .journal import Journal, SqliteJournal
 from .lock import DataDirLock, DataDirLocked
 from .milvus import MilvusStorage
 
@@ -45,7 +48,7 @@ def open_storage(settings, spec: ModelSpec, waiting: Callable[[str | None], None
             log.warning("--data_dir is not used with --index milvus: documents and feedback live in Milvus")
         return MilvusStorage(settings, waiting)
     config = IndexConfig.from_settings(settings)
-    journal = _wal_journal(settings) if settings.data_dir is not None else Journal()
+    journal = _sqlite_journal(settings) if settings.data_dir is not None else Journal()
     if spec.index:
         return BundleStorage(settings, journal, config)
     if settings.data_dir is None:
@@ -53,11 +56,13 @@ def open_storage(settings, spec: ModelSpec, waiting: Callable[[str | None], None
     return EmbeddedStorage(settings, journal, config)
 
 
-def _wal_journal(settings) -> WalJournal:
-    """The WAL in ``--data_dir``, its lock taken first; raises :class:`DataDirLocked` when another process has it."""
+def _sqlite_journal(settings) -> SqliteJournal:
+    """The SQLite store in ``--data_dir``, its lock taken first; raises :class:`DataDirLocked` when another
+    process has it."""
     lock = DataDirLock(settings.data_dir).acquire()
     try:
-        return WalJournal(DurableStore(settings.data_dir), settings.snapshot_every, lock)
+        store = DocumentStore(settings.data_dir, Analyzer.named(settings.analyzer))
+        return SqliteJournal(store, settings.snapshot_every, lock)
     except BaseException:
         lock.release()
         raise

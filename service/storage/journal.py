@@ -4,27 +4,32 @@ A FAISS collection lives in the replica's memory, so what survives a restart is 
 
 * :class:`Journal` (no ``--data_dir``): nothing is logged; feedback is kept in a list. A restart
   starts empty.
-* :class:`WalJournal` (``--data_dir``): every write and feedback record goes to the WAL (fsync-ed)
-  before it is applied; snapshots compact the log (:mod:`service.store`, whose on-disk format this
-  keeps). A snapshot is due every ``--snapshot_every`` records, and once at start when recovery
-  replayed the log or re-embedded documents. It holds the directory's lock (:mod:`.lock`) until closed.
+* :class:`SqliteJournal` (``--data_dir``): every write and feedback record is committed to the data
+  directory's SQLite database (:mod:`service.store`) before it is applied. It holds the directory's
+  lock (:mod:`.lock`) until closed.
+
+SQLite needs no snapshots; what the engine's snapshot hook still does is the upkeep of what the store
+and the serving collection hold apart: vectors re-embedded by another model (at a start on a new
+model, after a reload) are stored, so the next start re-embeds nothing, and the FAISS index is
+compacted when deletes left it mostly tombstones. It is due once at start when vectors were
+re-embedded, after a reload, and every ``--snapshot_every`` document writes.
 
 :class:`JournaledStorage` is the part of :class:`~service.storage.base.Storage` both FAISS storages
-(:mod:`.embedded`, :mod:`.bundle`) hand to their journal; what a snapshot holds is theirs to say
-(:meth:`JournaledStorage.snapshot_documents`).
+(:mod:`.embedded`, :mod:`.bundle`) hand to their journal; what the serving collection holds is theirs
+to say (:meth:`JournaledStorage.snapshot_documents`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..documents import Document
-from ..store import DurableStore, RecoveredState
+from ..store import DocumentStore, RecoveredState
 from .base import Storage, Write, durability_facts
 from .lock import DataDirLock
 
@@ -33,13 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.storage")
 
-SnapshotDocuments = Callable[["Generation"], Awaitable[tuple[list[Document], np.ndarray]]]
-
 
 class Journal:
     """In memory: writes are not logged, feedback is kept in a list; nothing survives a restart."""
 
-    wal_seq: int | None = None
+    kind = "memory"  # /info's durability.store
     broken: str | None = None
 
     def __init__(self) -> None:
@@ -50,7 +53,7 @@ class Journal:
         return RecoveredState()
 
     def open_log(self, dirty: bool) -> None:
-        """Take writes from now on; ``dirty``: recovery changed something a snapshot should keep."""
+        """Take writes from now on; ``dirty``: vectors were re-embedded at start, the upkeep should store them."""
 
     def log(self, write: Write, model_version: str) -> None:
         """Durable before it returns (here: nothing to make durable)."""
@@ -65,71 +68,73 @@ class Journal:
         return False
 
     async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation],
-                       documents: SnapshotDocuments) -> None:
-        """Nothing to compact."""
+                       storage: JournaledStorage) -> None:
+        """Nothing to keep up."""
 
     def close(self) -> None:
         """Nothing to flush."""
 
 
-class WalJournal(Journal):
-    """The WAL and snapshots in ``--data_dir`` (:class:`service.store.DurableStore`), written only while
+class SqliteJournal(Journal):
+    """The SQLite database in ``--data_dir`` (:class:`service.store.DocumentStore`), written only while
     ``lock`` (the directory's, held) is; :meth:`close` releases it."""
 
-    def __init__(self, store: DurableStore, snapshot_every: int, lock: DataDirLock) -> None:
+    def __init__(self, store: DocumentStore, upkeep_every: int, lock: DataDirLock) -> None:
         super().__init__()
+        self.kind = "sqlite"
         self.store = store
         self.lock = lock
-        self.snapshot_every = snapshot_every
-        self._dirty = False  # recovery replayed or re-embedded: snapshot once at start
-
-    @property
-    def wal_seq(self) -> int:
-        return self.store.seq
+        self.upkeep_every = upkeep_every
+        self._writes = 0  # document writes since the last upkeep
+        self._dirty = False  # vectors were re-embedded at start: store them
 
     @property
     def broken(self) -> str | None:
         return self.store.broken
 
     def recover(self) -> RecoveredState:
-        return self.store.recover()
+        return self.store.open()
 
     def open_log(self, dirty: bool) -> None:
-        self.store.open_log()
         self._dirty = dirty
 
     def log(self, write: Write, model_version: str) -> None:
         if write.deleted:
-            self.store.append_delete(write.deleted)
+            self.store.delete(write.deleted)
         else:
-            self.store.append_upsert(write.docs, write.vectors, model_version)
+            self.store.upsert(write.docs, write.vectors, model_version)
+        self._writes += 1
 
     def add_feedback(self, record: dict) -> None:
-        self.store.append_feedback(record)
+        self.store.add_feedback(record)
 
     def read_feedback(self) -> list[dict]:
         return self.store.read_feedback()
 
     def snapshot_due(self, stopping: bool) -> bool:
-        logged = self.store.records_since_snapshot
-        return self._dirty or logged >= self.snapshot_every or (stopping and logged > 0)
+        return not stopping and (self._dirty or self._writes >= self.upkeep_every)  # nothing to flush at a stop
 
     async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation],
-                       documents: SnapshotDocuments) -> None:
+                       storage: JournaledStorage) -> None:
         if self.store.broken:  # the disk failed: leave it as it is for the restart to recover from
-            log.warning("no snapshot: %s", self.store.broken)
+            log.warning("no store upkeep: %s", self.store.broken)
             return
-        async with lock:  # no write between the log's cut and the read of the documents
+        self._writes, self._dirty = 0, False
+        async with lock:  # the collection read whole, with no write in between
             gen = current()
-            seq = self.store.rotate()
-            self._dirty = False
-            docs, vectors = await documents(gen)
-        await asyncio.to_thread(self.store.write_snapshot, seq, docs, vectors, gen.model.spec.name, gen.version)
+            await storage.compact(gen)
+            stale = await asyncio.to_thread(self.store.stale_vectors, gen.version, gen.model.dimension)
+            if not stale:
+                return
+            docs, vectors = await storage.serving_documents(gen)
+        # outside the lock: a write since stores this model's vector itself, and save_vectors leaves it be
+        saved = await asyncio.to_thread(self.store.save_vectors, docs, vectors, gen.version)
+        log.info("stored %d vectors re-embedded by %s", saved, gen.version)
 
     def close(self) -> None:
         try:
             self.store.close()
-        finally:  # the log is flushed or failed for good: another process may take over
+        finally:  # the database is closed: another process may take over
             self.lock.release()
 
 
@@ -140,9 +145,13 @@ class JournaledStorage(Storage):
         super().__init__(settings)
         self.journal = journal
 
-    async def snapshot_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
-        """What a snapshot of ``gen`` holds (called on the event loop, under the write lock)."""
+    async def serving_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
+        """The documents ``gen`` serves and their vectors, when they are this storage's (called on the event
+        loop, under the write lock)."""
         return [], np.empty((0, gen.model.dimension), np.float32)
+
+    async def compact(self, gen: Generation) -> None:
+        """Compact ``gen``'s index when worthwhile (called on the event loop, under the write lock)."""
 
     def log(self, write: Write, model_version: str) -> None:
         self.journal.log(write, model_version)
@@ -157,14 +166,14 @@ class JournaledStorage(Storage):
         return self.journal.snapshot_due(stopping)
 
     async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:
-        await self.journal.snapshot(lock, current, self.snapshot_documents)
+        await self.journal.snapshot(lock, current, self)
 
     @property
     def broken(self) -> str | None:
         return self.journal.broken
 
     def durability(self) -> dict:
-        return durability_facts(self.settings, wal_seq=self.journal.wal_seq)
+        return durability_facts(self.settings, store=self.journal.kind)
 
     def close(self) -> None:
         self.journal.close()

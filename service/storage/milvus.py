@@ -115,7 +115,7 @@ class MilvusStorage(Storage):
         collection.ensure_loaded()
 
     def durability(self) -> dict:
-        return durability_facts(self.settings, milvus_uri=self.settings.milvus_uri)
+        return durability_facts(self.settings, store="milvus", milvus_uri=self.settings.milvus_uri)
 
     def close(self) -> None:
         self._closing.close()
