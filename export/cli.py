@@ -125,7 +125,7 @@ def gate_verdict(manifest: dict) -> str:
     if quality:
         scores = {v: m[quality["metric"]] for v, m in quality.items() if isinstance(m, dict) and quality["metric"] in m}
         passed.append(f"quality ({quality['metric']} {', '.join(f'{v} {s:.4f}' for v, s in scores.items())}, "
-                      f"max drop {quality['max_drop']})")
+                      f"max drop {quality['max_drop']:.4f})")
     return "gates passed: " + " and ".join(passed) + ("" if quality else "; quality not checked (no --eval_data)")
 
 

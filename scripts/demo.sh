@@ -66,10 +66,11 @@ MSG
 if [ -t 0 ]; then
   # Ctrl-C would reach make too, which then reports an error whatever this script does: the terminal sends it as
   # a key instead, and the demo stops the service itself (graceful drain, WAL flushed) and exits 0.
+  # (bash's `read -n` turns signals back on while it reads: dd reads the key, returning after 1 s without one.)
   STTY=$(stty -g)
-  stty -isig
+  stty -isig -icanon -echo min 0 time 10
   while kill -0 "$SERVER" 2>/dev/null; do
-    if read -rsn1 -t 1 key && [ "$key" = $'\x03' ]; then
+    if [ "$(dd bs=1 count=1 2>/dev/null)" = $'\x03' ]; then
       echo "stopping the service"
       exit 0
     fi
