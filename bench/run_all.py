@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ROOT / "docs" / "benchmarks"
-ORDER = ("training", "training-gpu", "export", "export_large", "service", "index")  # bench_<stage>.py where one exists
+# bench_<stage>.py where one exists
+ORDER = ("training", "training-gpu", "lexical", "export", "export_large", "service", "index")
 
 
 def assemble() -> Path:
