@@ -82,6 +82,7 @@ class Settings:
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
     max_queue_size: int = 2048  # texts waiting for inference; beyond → 429
+    max_queue_wait_ms: float = 2000.0  # a request whose texts could not start within it → 429 (0: no bound)
     warmup: bool = True
     # request limits
     max_inputs: int = 256
@@ -93,6 +94,7 @@ class Settings:
     # connections: what a slow or idle client may hold (uvicorn's limits and the body read deadline)
     keep_alive_s: float = 5.0
     max_connections: int = 1000
+    max_concurrent_requests: int = 512  # data and admin requests in flight; beyond → 429 before the body is read
     body_timeout_s: float = 30.0
     # index
     index: str = "auto"
@@ -154,6 +156,8 @@ class Settings:
         add("--max_batch_size", type=int, help="texts per forward pass")
         add("--max_wait_ms", type=float, help="how long a forward pass waits for more texts to batch")
         add("--max_queue_size", type=int, help="texts waiting for inference; requests beyond it get 429")
+        add("--max_queue_wait_ms", type=float,
+            help="a request whose texts could not start inference within this many ms gets 429 (0: no bound)")
         add("--warmup", type=_bool, help="run forward passes at start, before /ready")
         add("--max_inputs", type=int, help="texts per request")
         add("--max_input_chars", type=int, help="characters per text")
@@ -166,6 +170,9 @@ class Settings:
         add("--keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open")
         add("--max_connections", type=int,
             help="connections and requests at once; beyond it uvicorn answers 503 (plain text) and closes")
+        add("--max_concurrent_requests", type=int,
+            help="data and admin requests in flight (probes and /metrics are not counted); beyond it 429 at once, "
+                 "before the body is read; keep it well below --max_connections")
         add("--body_timeout_s", type=float,
             help="seconds a request body may take to arrive in full (408 and the connection closed after)")
         add("--index", choices=INDEX_TYPES, help="FAISS index type (auto = faiss) or milvus")
@@ -270,10 +277,11 @@ class Settings:
             raise SettingsError(f"--port must be in 1..65535, got {self.port}")
         for name in ("max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_input_chars",
                      "max_body_bytes", "max_top_k", "max_response_bytes", "max_metadata_bytes", "max_connections",
+                     "max_concurrent_requests",
                      "keep_alive_s", "body_timeout_s", "flat_max", "nprobe", "hnsw_m", "ef_construction",
                      "ef_search", "pq_m", "index_threads", "snapshot_every"):
             positive(name)
-        for name in ("max_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
+        for name in ("max_wait_ms", "max_queue_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
             positive(name, allow_zero=True)
         if self.reload_interval is not None and not 0 <= self.reload_interval < float("inf"):
             raise SettingsError(f"--reload_interval must be >= 0 seconds, got {self.reload_interval}")
