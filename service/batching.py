@@ -6,6 +6,10 @@
   arrive (while a forward pass runs, new texts accumulate anyway).
 * **Bounded.** At most ``capacity`` texts wait; a request that would overflow is refused at once
   (:class:`~service.errors.Overloaded`, 429), never queued.
+* **Bounded wait** (``max_queue_wait_s``). While the oldest queued text has waited longer, a new request
+  is refused at once (429): in a FIFO it would wait at least as long. A request none of whose texts has
+  started within the bound is refused (429) when a worker reaches it, so under sustained overload the
+  excess is shed in about the bound instead of piling up for the whole queue's drain time.
 * **Abandoned requests dropped.** A request whose client went away is marked cancelled; its texts
   are skipped when the worker reaches them.
 * **The runtime's steps.** Texts arrive as the runtime's :class:`~export.runtime.Encoded`; a batch is
@@ -84,6 +88,7 @@ class Job:
         self.first_start: float | None = None
         self.last_end = 0.0
         self.cancelled = False  # read by the worker threads; a plain bool is enough
+        self.started = False  # a worker took one of its texts: it is past the queue-wait bound
         self._lock = threading.Lock()  # two workers may finish pieces of the same job at once
 
     def cancel(self) -> None:
@@ -156,8 +161,9 @@ class BatchQueue:
 
     def __init__(self, backend: Backend, *, max_batch_tokens: int = 16384, max_batch_size: int = 128,
                  max_wait_s: float = 0.002, capacity: int = 2048, metrics: ServiceMetrics | None = None,
-                 name: str = "inference", workers: int = 1) -> None:
+                 name: str = "inference", workers: int = 1, max_queue_wait_s: float = 0.0) -> None:
         self.backend = backend
+        self.max_queue_wait_s = max_queue_wait_s  # 0: no bound
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = min(max_batch_size, backend.max_batch_size or max_batch_size)
         self.max_wait_s = max_wait_s
@@ -195,6 +201,9 @@ class BatchQueue:
                 raise Overloaded(f"inference queue full ({len(self._items)} of {self.capacity} texts waiting); "
                                  "retry later", headers={"Retry-After": "1"})
             now = job.enqueued
+            head = self._items[0] if self._items else None
+            if head is not None and self._waited_too_long(head, now):
+                raise self._wait_exceeded(now - head.enqueued)
             self._items.extend(_Item(job, row, enc, now) for row, enc in enumerate(encodings))
             self._queued_tokens += job.tokens
             self._cond.notify()
@@ -211,6 +220,17 @@ class BatchQueue:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
+    def _waited_too_long(self, item: _Item, now: float) -> bool:
+        """Over the wait bound with none of its request's texts started (a started request runs to its end)."""
+        job = item.job
+        return (bool(self.max_queue_wait_s) and now - item.enqueued > self.max_queue_wait_s and not job.started
+                and not job.cancelled and job.remaining > 0)
+
+    def _wait_exceeded(self, waited_s: float) -> Overloaded:
+        return Overloaded(f"inference queue too slow: texts have waited {waited_s * 1000:.0f} ms, over the "
+                          f"{self.max_queue_wait_s * 1000:g} ms bound (--max_queue_wait_ms); retry later",
+                          headers={"Retry-After": "1"})
+
     # worker threads -----------------------------------------------------------------------------
     def _full(self) -> bool:
         return len(self._items) >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
@@ -220,6 +240,9 @@ class BatchQueue:
         longest = 0
         while self._items and len(batch) < self.max_batch_size:
             item = self._items[0]
+            now = time.perf_counter()
+            if self._waited_too_long(item, now):
+                item.job._fail(self._wait_exceeded(now - item.enqueued))
             if item.job.cancelled or item.job.remaining < 0:
                 self._items.popleft()
                 self._queued_tokens -= len(item.enc)
@@ -229,6 +252,7 @@ class BatchQueue:
                 break
             self._items.popleft()
             self._queued_tokens -= len(item.enc)
+            item.job.started = True
             batch.append(item)
             longest = max(longest, len(item.enc))
         return batch

@@ -54,7 +54,8 @@ class EmbeddingModel:
                                 max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
                                 capacity=settings.max_queue_size, metrics=metrics,
                                 name=f"inference-{spec.version}",
-                                workers=settings.inference_workers or backend.concurrent_batches)
+                                workers=settings.inference_workers or backend.concurrent_batches,
+                                max_queue_wait_s=settings.max_queue_wait_ms / 1000)
         self.bulk_chunk = max(1, min(settings.max_batch_size, settings.max_queue_size // 4))
 
     @property
