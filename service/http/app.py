@@ -102,5 +102,6 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
                     dimension=lambda: engine.gen.model.dimension if engine.ready else None)
     checker = KeyChecker(settings.api_key, settings.admin_api_key, loopback_only=is_loopback(settings.host))
     app.add_middleware(ServiceMiddleware, checker=checker, metrics=metrics, max_body=settings.max_body_bytes,
-                       body_timeout=settings.body_timeout_s, classify=classify)
+                       body_timeout=settings.body_timeout_s, max_in_flight=settings.max_concurrent_requests,
+                       classify=classify)
     return app

@@ -4,12 +4,17 @@ It is pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, so ``receive`` s
 notice that its client went away. Per request, in this order:
 
 1. the key check for the access level the matched route declares (401/403, before any body is read);
-2. for POST/PUT/PATCH, the body limit: a declared ``content-length`` over it is refused at once (413), a
+2. the bound on requests in flight (``max_in_flight``, TEI's ``--max-concurrent-requests``): a data or admin
+   request beyond it is answered 429 ``overloaded`` with ``Retry-After`` at once, before its body is read, so
+   an overload is shed by the service's own JSON answer long before uvicorn's connection limit (a plain-text
+   503) is reached. Open routes (probes, ``/metrics``, the API document) are not counted and never refused:
+   a liveness probe that fails under load would restart a replica that is merely busy;
+3. for POST/PUT/PATCH, the body limit: a declared ``content-length`` over it is refused at once (413), a
    streamed body as soon as it grows past it; the body read is then replayed to the app. A client that
    leaves mid-upload is counted as 499 (its failure, not ours) and nothing is answered. A body that has not
    arrived in full within ``body_timeout`` seconds is answered 408 and its connection closed: uvicorn has no
    read timeout of its own, and a client that stalls mid-body would hold its connection for ever;
-3. ``qaembed_requests_total`` and ``qaembed_request_duration_seconds`` by route template (never the raw
+4. ``qaembed_requests_total`` and ``qaembed_request_duration_seconds`` by route template (never the raw
    path: ids would blow up the label set), and ``qaembed_request_errors_total`` for what it refuses itself.
 """
 
@@ -31,9 +36,10 @@ class ServiceMiddleware:
     """Auth, body limit and request metrics around the app (see the module docstring)."""
 
     def __init__(self, app, *, checker: KeyChecker, metrics: ServiceMetrics, max_body: int, body_timeout: float,
-                 classify: Classify) -> None:
+                 max_in_flight: int, classify: Classify) -> None:
         self.app, self.checker, self.metrics, self.classify = app, checker, metrics, classify
-        self.max_body, self.body_timeout = max_body, body_timeout
+        self.max_body, self.body_timeout, self.max_in_flight = max_body, body_timeout, max_in_flight
+        self.in_flight = 0  # counted data and admin requests; one event loop, so a plain int is enough
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -42,6 +48,7 @@ class ServiceMiddleware:
         start = time.perf_counter()
         route, access = self.classify(scope)
         status = [500]
+        counted = False
 
         async def send_wrapper(message) -> None:
             if message["type"] == "http.response.start":
@@ -59,6 +66,13 @@ class ServiceMiddleware:
             if error is not None:
                 await reject(error.status, error.type, error.message, error.headers)
                 return
+            if access is not Access.OPEN:
+                if self.in_flight >= self.max_in_flight:
+                    await reject(429, "overloaded", f"{self.in_flight} requests in flight, at most "
+                                 f"{self.max_in_flight} (--max_concurrent_requests); retry later", {"Retry-After": "1"})
+                    return
+                self.in_flight += 1
+                counted = True
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 declared = headers.get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -102,5 +116,7 @@ class ServiceMiddleware:
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
+            if counted:
+                self.in_flight -= 1
             self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)

@@ -6,8 +6,8 @@ that are settings at their configured values (declared on the fields with :func:
 model's dimension once it is loaded, and the bearer keys when keys are configured.
 
 Which errors an operation can answer: the ones its route declares (``@route(..., errors=...)``), plus 401 on
-data routes (when keys are set), 401/403 on admin routes, and 400 (not JSON), 408 (body too slow), 413 (body too
-large), 422 (invalid) on every POST.
+data routes (when keys are set), 401/403 on admin routes, 429 on both (beyond --max_concurrent_requests), and
+400 (not JSON), 408 (body too slow), 413 (body too large), 422 (invalid) on every POST.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ ERROR_MEANINGS = {
     409: "a reload is already running",
     413: "over a limit (body size, inputs, characters, tokens, metadata size, answer size): the message names it",
     422: "invalid request: the message names the fields",
-    429: "the inference queue is full: retry later",
+    429: "overloaded: too many requests in flight, or the inference queue is full or too slow; retry after "
+         "Retry-After seconds",
     503: "not ready (starting, stopping, failed) or the storage cannot take writes",
 }
 _REF = "#/components/schemas/{model}"
@@ -42,7 +43,7 @@ def error_statuses(method: str, access: Access, declared: Sequence[int]) -> list
     """Every error status an operation can answer with (see the module docstring)."""
     statuses = set(declared)
     if access is not Access.OPEN:
-        statuses |= {401, 403} if access is Access.ADMIN else {401}
+        statuses |= ({401, 403} if access is Access.ADMIN else {401}) | {429}
     if method == "POST":
         statuses |= {400, 408, 413, 422}
     return sorted(statuses)
