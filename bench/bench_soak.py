@@ -10,9 +10,10 @@ What a long overload must not do, measured on ``python -m service`` (its own pro
    ``--factor`` × that rate, for ``--duration_s``. The mix: ``/embed`` (one question), ``/search`` (one
    question, top 10), ``/documents`` (an upsert of one passage into a bounded set of ids, so the
    collection's size stays fixed and any growth is a leak; and ``GET /documents/{id}``). At most
-   ``--connections`` requests are in flight (below the server's ``--max_connections``); an arrival beyond
-   them is counted as not sent, never silently delayed: the server is to shed the excess itself (429) before
-   that many wait in it, so any arrival not sent fails the soak.
+   ``--connections`` requests are in flight: above the server's ``--max_concurrent_requests`` (512) and below
+   its ``--max_connections`` (1000). An arrival beyond them is counted as not sent, never silently delayed:
+   the server is to shed the excess itself (429: too long a wait in its inference queue, or too many requests
+   in flight) before that many wait in it, so any arrival not sent fails the soak.
 3. **Recorded**: every answer's status (any other than 200 or 429, or a client error, fails the soak); the
    server's RSS and open file descriptors every ``--sample_s`` seconds. RSS growth is measured from the end
    of the warm-up (``--warmup_s``) to the end (< 5 % passes); descriptors are compared with the load stopped,
@@ -298,8 +299,9 @@ def main() -> None:
     p.add_argument("--factor", type=float, default=2.0, help="offered load as a multiple of the sustainable rate")
     p.add_argument("--calibrate_s", type=float, default=30)
     p.add_argument("--calibrate_clients", type=int, default=8)
-    p.add_argument("--connections", type=int, default=512, help="requests in flight at most (the server's "
-                   "--max_connections, 1000 by default, answers 503 beyond its own)")
+    p.add_argument("--connections", type=int, default=768,
+                   help="requests in flight at most: above the server's --max_concurrent_requests (512 by default: "
+                        "it sheds with 429 beyond them) and below its --max_connections (1000: a plain 503 beyond)")
     p.add_argument("--documents", type=int, default=1000, help="documents preloaded")
     p.add_argument("--sample_s", type=float, default=5)
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
