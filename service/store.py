@@ -11,9 +11,10 @@
 * Every write (a document upsert or delete with its lexical index entries and vectors, a feedback record) is
   one transaction, committed (and so fsync-ed) before it is acknowledged. SQLite's own log makes a commit
   atomic: a crash at any point leaves the database as it was before or after it, never in between.
-* A write that fails rolls back whole and is reported as :class:`WriteFailed`. A full disk may free up, so
-  later writes are tried; after any other error (an I/O error above all: the page cache can no longer be
-  trusted) the store refuses writes (:attr:`DocumentStore.broken`) until a restart recovers from the disk.
+* A write that fails rolls back whole and is reported as :class:`WriteFailed`. A full disk may free up (and
+  a reader's moment of SQLite locking passes), so later writes are tried; after any other error (an I/O
+  error above all: the page cache can no longer be trusted) the store refuses writes
+  (:attr:`DocumentStore.broken`) until a restart recovers from the disk.
 * The analyzer is fixed when the database is created: opening it with another one raises :class:`StoreError`
   naming both (an index analysed one way answers queries analysed another way wrongly and silently).
 * A data directory written by the previous release (write-ahead log + snapshots, :mod:`service.wal`) is
@@ -63,7 +64,9 @@ log = logging.getLogger("service.store")
 DATABASE = "qaembed.sqlite3"
 FORMAT = 1
 _STALE = "(model_version != ? OR length(vector) != ?)"  # a vector the serving model did not compute
-_SQLITE_FULL = 13  # "database or disk is full": may free up, unlike an I/O error
+# SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL: another connection held the database too long, or the disk was full;
+# both may pass, unlike an I/O error (the primary code is the low byte of SQLite's extended one)
+_TRANSIENT = {5, 6, 13}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,7 +123,7 @@ class DocumentStore:
         every document with its vector. Raises :class:`StoreError` for another analyzer or a corrupt log."""
         self.dir.mkdir(parents=True, exist_ok=True)
         # autocommit: transactions are this class's own BEGIN IMMEDIATE ... COMMIT
-        con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=0)
+        con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5)
         try:
             if con.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise StoreError(f"{self.path}: SQLite cannot use its write-ahead log here")
@@ -188,7 +191,7 @@ class DocumentStore:
                 con.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(con)
-                if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in _TRANSIENT:
                     self.broken = f"{exc}"
                 log.error("store write failed: %s%s", exc, " (writes refused until restart)" if self.broken else "")
                 raise WriteFailed(f"{self.path.name}: {exc}") from None
