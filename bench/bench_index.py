@@ -270,7 +270,7 @@ def main() -> None:
         f"Loading {args.n:,} vectors into Milvus Lite took {lite['insert_s']} s (batches of 5000 over gRPC), "
         f"flushing and indexing {lite['index_s']} s.",
         "Choosing (docs/operations.md, \"Choosing an index backend\"): one replica or a corpus that fits one "
-        "node's memory → FAISS in process (fastest, GPU when present, WAL for durability); a static corpus "
+        "node's memory → FAISS in process (fastest, GPU when present, SQLite for durability); a static corpus "
         "served by many replicas → a read-only FAISS index bundle; many writable replicas or a corpus beyond "
         "one node → a Milvus cluster, not Milvus Lite.",
     ]

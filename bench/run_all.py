@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ROOT / "docs" / "benchmarks"
 # bench_<stage>.py where one exists
-ORDER = ("training", "training-gpu", "lexical", "export", "export_large", "service", "index")
+ORDER = ("training", "training-gpu", "lexical", "export", "export_large", "service", "index", "ingest", "soak")
 
 
 def assemble() -> Path:

@@ -65,7 +65,7 @@ Serving until Ctrl-C.
 MSG
 if [ -t 0 ]; then
   # Ctrl-C would reach make too, which then reports an error whatever this script does: the terminal sends it as
-  # a key instead, and the demo stops the service itself (graceful drain, WAL flushed) and exits 0.
+  # a key instead, and the demo stops the service itself (graceful drain, store closed) and exits 0.
   # (bash's `read -n` turns signals back on while it reads: dd reads the key, returning after 1 s without one.)
   STTY=$(stty -g)
   stty -isig -icanon -echo min 0 time 10

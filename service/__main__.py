@@ -8,9 +8,9 @@ feedback as training data instead (no server needed; see :mod:`service.feedback`
 read-only index bundle (:mod:`service.index_bundle`).
 
 Runs uvicorn on the app (:func:`service.http.server.server_config`: keep-alive and connection limits).
-SIGTERM/SIGINT: stop accepting connections, finish in-flight requests
-(up to 30 s), then snapshot/flush the write-ahead log and exit 0. Exit 2 for bad settings, 1 when
-the model cannot be loaded.
+SIGTERM/SIGINT: stop accepting connections, finish in-flight requests (up to 30 s), then close the
+store (every acknowledged write was committed before it was answered) and exit 0. Exit 2 for bad
+settings, 1 when the model cannot be loaded.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ================= =============================================== ==========================================
 ``index.py``      :class:`service.index.Collection`: FAISS in      default (``--index auto|faiss|flat|...``):
-                  process, durable through the service's WAL        one replica, GPU when present
+                  process, durable in the service's SQLite store    one replica, GPU when present
 ``milvus.py``     :class:`service.milvus.MilvusCollection`:         ``--index milvus``: stateless replicas,
                   documents, metadata and vectors in Milvus         any replica writes, corpus beyond one node
 ================= =============================================== ==========================================
@@ -14,7 +14,7 @@ Metadata filters (``where``) mean the same everywhere: ``{"key": value}`` matche
 metadata ``key`` equals ``value`` (or contains it, for list values); ``{"key": [v1, v2]}`` matches
 any of the values; several keys must all match.
 
-Where a collection's documents persist (a WAL, Milvus itself, an index bundle, nowhere) is not its
+Where a collection's documents persist (a SQLite store, Milvus itself, an index bundle, nowhere) is not its
 business: :mod:`service.storage` composes collections into the service's storage modes.
 
 Example (the interface, on the embedded engine)::

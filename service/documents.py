@@ -1,4 +1,4 @@
-"""The one document type, from the HTTP request to the WAL, the collections, Milvus and index bundles.
+"""The one document type, from the HTTP request to the SQLite store, the collections, Milvus and index bundles.
 
 A :class:`Document` is what a client stores: an id, the text that is embedded and searched, and
 JSON metadata that filters match (:mod:`service.collection`). It carries no vector: vectors travel
@@ -31,12 +31,13 @@ class Document:
     metadata: Mapping[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """The document as ``GET /documents/{id}``, the WAL and an index bundle's documents.jsonl write it."""
+        """The document as ``GET /documents/{id}`` and an index bundle's documents.jsonl write it."""
         return {"id": self.id, "text": self.text, "metadata": dict(self.metadata)}
 
     @classmethod
     def from_json(cls, row: Mapping) -> Document:
-        """Read back what :meth:`to_json` wrote (``metadata`` may be missing or null)."""
+        """Read back what :meth:`to_json` wrote, or the previous release's write-ahead log (``metadata`` may be
+        missing or null)."""
         return cls(row["id"], row["text"], row.get("metadata") or {})
 
 

@@ -126,7 +126,7 @@ class Engine:
         self.gen = Generation(model, collection, s.index_threads)
         self._opened.push_async_callback(asyncio.to_thread, lambda: self.gen.close())  # the one serving then
         self._opened.push_async_callback(self._final_snapshot)
-        if self.storage.snapshot_due():  # recovery replayed the log or re-embedded
+        if self.storage.snapshot_due():  # start-up re-embedded vectors the store should keep
             await self._snapshot()
         self._publish_model()
         if s.corpus and not collection.read_only:
@@ -154,7 +154,7 @@ class Engine:
         self.metrics.set_model(info["name"], info["version"], info["variant"], info["backend"], info["device"])
 
     async def stop(self) -> None:
-        """Graceful: stop reloads, snapshot if the log grew, close the storage, finish queued inference."""
+        """Graceful: stop reloads, the storage's last upkeep where due, close the storage, finish queued inference."""
         self.state = "stopping"
         self.metrics.ready.set(0)
         for task in (self._watch_task, self._reload_task):
@@ -165,7 +165,7 @@ class Engine:
         if self._snapshot_task is not None:
             with contextlib.suppress(BaseException):
                 await self._snapshot_task
-        await self._opened.aclose()  # the last snapshot, the generation, the storage
+        await self._opened.aclose()  # the last upkeep, the generation, the storage
 
     async def _final_snapshot(self) -> None:
         if self.storage.snapshot_due(stopping=True):
@@ -281,7 +281,7 @@ class Engine:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot())
 
     async def _snapshot(self) -> None:
-        """Compact the store into a snapshot of the generation serving (no-op where nothing is logged)."""
+        """The storage's upkeep: store the serving generation's vectors, compact its index (no-op where none)."""
         await self.storage.snapshot(self._write_lock, lambda: self.gen)
 
     # ------------------------------------------------------------------ reload

@@ -12,9 +12,9 @@ Index types (inner product on L2-normalised vectors = cosine):
 =========== ============================================= =====================================
 
 Deletes and replaced documents are tombstones excluded with an ``IDSelector`` at search time;
-tombstones are compacted by :meth:`Collection.rebuild` (at snapshot time). A collection is not
-thread-safe: the service drives each one from its own single thread (which is also what FAISS GPU
-indexes require). With ``faiss.get_num_gpus() > 0`` flat and IVF indexes are moved to the GPU.
+tombstones are compacted by :meth:`Collection.rebuild` (when the storage's upkeep finds it worthwhile).
+A collection is not thread-safe: the service drives each one from its own single thread (which is also
+what FAISS GPU indexes require). With ``faiss.get_num_gpus() > 0`` flat and IVF indexes are moved to the GPU.
 
 Example::
 
@@ -344,7 +344,7 @@ class Collection(DocumentCollection):
             yield docs[start:start + batch_size]
 
     def live(self) -> tuple[list[Document], np.ndarray]:
-        """Live documents in row order and their vectors (a copy): what a snapshot stores."""
+        """Live documents in row order and their vectors (a copy): what a rebuild and the store's upkeep read."""
         rows = [(label, doc_id) for label, doc_id in enumerate(self._by_label) if doc_id is not None]
         labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return [self.docs[doc_id][0] for _, doc_id in rows], self._vectors[labels].copy()
