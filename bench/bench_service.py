@@ -10,8 +10,9 @@
   Infinity lives in its own virtualenv (its pins clash with ours):
   ``python -m venv /tmp/inf && /tmp/inf/bin/pip install torch==2.13.0 'infinity-emb[server,torch]==0.0.78'``.
 * **/search at 100k documents**: a data directory is pre-built from real passage embeddings plus
-  noise (written as a service snapshot, so the start-up does not embed 100k texts), p50/p95/p99 at 8
-  clients, the service's peak RSS; baseline: in-process encode + exact search of one query.
+  noise (written into the service's SQLite store with their vectors, so the start-up does not embed
+  100k texts), p50/p95/p99 at 8 clients, the service's peak RSS; baseline: in-process encode + exact
+  search of one query.
 * **FAISS index types** at 100k and 1M 384-d vectors shaped like real embeddings: build time, index
   size, QPS and recall@10 against exact search.
 
@@ -315,15 +316,17 @@ def search_at_100k(registry: Path, name: str, passages: list[str], base: np.ndar
     import faiss
 
     from service.documents import Document
-    from service.store import DurableStore
+    from service.store import DocumentStore
 
     n = 100_000
     vectors, source = synthetic(base, n, noise=0.75, seed=1)
     docs = [Document(f"p{i}", f"{passages[source[i]][:300]} [{i}]", {"shard": int(i % 10)}) for i in range(n)]
     data_dir = workdir / "search-data"
-    store = DurableStore(data_dir)
-    store.recover()
-    store.write_snapshot(0, docs, vectors, name, model.spec.version)
+    store = DocumentStore(data_dir)
+    store.open()
+    for start in range(0, n, 10_000):  # a few large transactions: the store the service opens at start
+        store.upsert(docs[start:start + 10_000], vectors[start:start + 10_000], model.spec.version)
+    store.close()
     del docs
     # in-process baselines: encode one query + search the same vectors, exactly and with the index type the
     # service picks by default at this size (same code, same parameters)
@@ -555,7 +558,7 @@ def search_section(s: dict) -> list[str]:
     load, cpu = s["load"], s["load"].get("cpu_ms_per_request", {})
     baselines = ", ".join(f"{kind} {ms} ms" for kind, ms in s.get("baseline_ms", {}).items())
     lines = ["", "## /search at 100k documents", "",
-             f"{s['documents']} documents (real passage embeddings + noise, loaded from a snapshot in "
+             f"{s['documents']} documents (real passage embeddings + noise, loaded from the SQLite store in "
              f"{s['ready_s']} s), service default index ({describe_index(s.get('index'))}), {load['clients']} "
              f"concurrent clients, top_k 10: p50 {load['p50']} ms, p95 {load['p95']} ms, **p99 {load['p99']} ms**, "
              f"{load['requests_per_s']} requests/s, errors {load['errors'] or 0}. In-process encode + search of "
