@@ -55,8 +55,9 @@ def quantization_mode(variant: str, facts: dict) -> str:
 def runs_per_sequence(variant: str, facts: dict) -> bool:
     """Whether the variant must run one sequence per forward pass to be batch-invariant: dynamic int8 takes
     one activation scale over the whole padded batch, so a text's vector moved with its batch mates
-    (cosine 0.995 to itself alone); one sequence per pass makes the scale a function of the text only."""
-    return quantization_mode(variant, facts) == "dynamic"
+    (cosine 0.995 to itself alone); one sequence per pass makes the scale a function of the text only.
+    fp16 too: its kernels round differently with the batch's shape (max |Δ| 1e-4 in padded batches on CPU)."""
+    return variant == "fp16" or quantization_mode(variant, facts) == "dynamic"
 
 
 def uses_cuda(device: str) -> bool:
