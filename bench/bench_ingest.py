@@ -38,9 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RESULTS, ROOT, free_port, load_texts  # noqa: E402  (bench/)
 from proc_stats import memory_mb  # noqa: E402
-from run_all import assemble  # noqa: E402
+from run_all import publish  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks" / "ingest.md"
 BASELINE_REV = "95d272a~1"  # the last revision whose local store is the write-ahead log + snapshots
 
 
@@ -215,10 +214,7 @@ def main() -> None:
     if args.no_docs:
         print("\n".join(report(result, command)) + "\n(--no_docs: nothing written)")
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=1))
-    DOC.write_text("\n".join(report(result, command)), encoding="utf-8")
-    print(f"wrote {DOC} and {assemble()}")
+    publish("ingest", result, report(result, command), RESULTS)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import RESULTS, ROOT, Service, load_texts, percentiles  # noqa: E402  (bench/)
+from bench_service import RESULTS, Service, load_texts, percentiles  # noqa: E402  (bench/)
 from proc_stats import cpu_seconds, memory_mb  # noqa: E402
-from run_all import assemble  # noqa: E402
+from run_all import publish  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks" / "soak.md"
 POOL = 200  # ids the soak's upserts overwrite: a fixed collection size
 OK = {"200", "429"}
 
@@ -329,10 +328,7 @@ def main() -> None:
     if args.no_docs:
         print("\n".join(report(result, command)) + "\n(--no_docs: nothing written)")
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=1))
-    DOC.write_text("\n".join(report(result, command)), encoding="utf-8")
-    print(f"wrote {DOC} and {assemble()}")
+    publish("soak", result, report(result, command), RESULTS)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ sections into ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,16 @@ def assemble() -> Path:
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+def publish(stage: str, result: dict, lines: list[str], results_dir: Path) -> None:
+    """Write a benchmark's raw result (``<results_dir>/<stage>.json``) and its section
+    (``docs/benchmarks/<stage>.md``), then assemble docs/benchmarks.md."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{stage}.json").write_text(json.dumps(result, indent=1))
+    section = SECTIONS / f"{stage}.md"
+    section.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {section} and {assemble()}")
 
 
 def main() -> None:
