@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.fsutil import fsync_dir
+
 from .documents import Document
 
 log = logging.getLogger("service.store")
@@ -101,11 +103,7 @@ def move_aside(data_dir: Path) -> Path:
     for name in LEGACY_FILES:
         if (data_dir / name).exists():
             os.rename(data_dir / name, aside / name)
-    fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(data_dir)
     return aside
 
 
