@@ -45,6 +45,11 @@ class Document:
 class Hit:
     doc: Document
     score: float
+    # hybrid search: the raw score on each side (None where that side did not list the document)
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    # a chunked document: the character offsets [start, end) of the window that scored best
+    span: tuple[int, int] | None = None
 
     def to_json(self) -> dict:
         return {"id": self.doc.id, "text": self.doc.text, "score": self.score, "metadata": dict(self.doc.metadata)}
