@@ -5,9 +5,10 @@
 sha256-checked, ``LATEST`` moved atomically). The bundle carries the model's files (hard links when
 the registry allows) *and* the FAISS collection built with it::
 
-    manifest.json      the model's facts + "index": {type, documents, dimension, corpus, model}
+    manifest.json      the model's facts + "index": {type, documents, dimension, corpus, model, lexical}
     model*.onnx, tokenizer.json, ...     the model that embedded the documents
     documents.jsonl, vectors.npy, index.faiss   service.storage.bundle.save_collection
+    lexical.sqlite3    the BM25 index (FTS5, ``--analyzer``), service.storage.bundle_lexical.save_lexical
 
 A replica serves it with ``python -m service --registry R --name <index name>`` (the storage mode of
 :mod:`service.storage.bundle`): model and vectors come from one bundle, so they always match. Document
@@ -34,10 +35,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.analyzer import ANALYZER_NAMES, DEFAULT_ANALYZER, Analyzer
+
 from .corpus import corpus_documents
 from .index import Collection, IndexConfig
 from .settings import INDEX_TYPES, Settings
 from .storage.bundle import save_collection
+from .storage.bundle_lexical import save_lexical
 
 log = logging.getLogger("service.index_bundle")
 
@@ -46,8 +50,9 @@ _IDENTITY = ("format", "name", "version", "created_at", "files")
 
 
 def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_version: str | None = None,
-          index: str = "auto", promote: bool = True) -> Path:
-    """Embed the passages of ``corpus`` with ``model`` and publish them as the next version of ``name``."""
+          index: str = "auto", promote: bool = True, analyzer: str = DEFAULT_ANALYZER) -> Path:
+    """Embed the passages of ``corpus`` with ``model``, index their words with ``analyzer``, and publish both
+    as the next version of ``name``."""
     from export.bundle import open_bundle
     from export.registry import discard_staging, new_staging_dir, publish
 
@@ -55,6 +60,7 @@ def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_v
 
     if index == "milvus":
         raise ValueError("an index bundle holds a FAISS index: --index must be a FAISS type")
+    words = Analyzer.named(analyzer)
     source = open_bundle(registry, model, model_version)
     settings = Settings.build(registry=registry, name=model, version=source.version, warmup=False,
                               max_queue_size=4096, index=index)
@@ -78,6 +84,7 @@ def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_v
         facts = {k: v for k, v in source.manifest.items() if k not in _IDENTITY}
         facts["index"] = {**save_collection(collection, staging), "corpus": [p.name for p in corpus],
                           "model": {"name": source.name, "version": source.version}}
+        facts["index"]["lexical"] = save_lexical(collection.live()[0], staging, words)
         return publish(staging, facts, promote=promote)
     except BaseException:
         discard_staging(staging)
@@ -97,12 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="name of the index bundle (what replicas serve)")
     p.add_argument("--corpus", type=Path, nargs="+", required=True, help="QA files: their passages are indexed")
     p.add_argument("--index", default="auto", choices=[t for t in INDEX_TYPES if t != "milvus"])
+    p.add_argument("--analyzer", default=DEFAULT_ANALYZER, choices=ANALYZER_NAMES,
+                   help="lexical analyzer of the bundle's BM25 index (recorded in it; replicas query with it)")
     p.add_argument("--no_promote", action="store_true", help="publish without moving LATEST")
     args = p.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         folder = build(args.registry, args.model, args.name, args.corpus, args.model_version, args.index,
-                       promote=not args.no_promote)
+                       promote=not args.no_promote, analyzer=args.analyzer)
     except (BundleError, DataError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,28 +44,29 @@ Example (Milvus Lite, a real local engine)::
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
 import time
-import uuid
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from training.analyzer import Analyzer
+
+from . import milvus_lexical as bm25
 from .collection import DocumentCollection
 from .documents import Document, Hit
 from .errors import IndexUnavailable, TooLarge, Unprocessable
+from .milvus_feedback import MilvusFeedback
 from .settings import Settings
 
 log = logging.getLogger("service.milvus")
 
 MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
 MAX_ID_BYTES = 1_024  # ids are at most 256 characters (the API checks), 4 bytes each in UTF-8
-_CHUNK = 60_000  # feedback records are stored compressed, in parts below the VARCHAR limit
+LEXICAL_SUFFIX = "_bm25"  # a version's collection made again because the previous release's has no BM25 field
 _FIELDS = ["text", "metadata", "updated_at"]
 
 
@@ -103,7 +104,7 @@ def _quote_ids(ids: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(i, ensure_ascii=False) for i in ids) + "]"
 
 
-class MilvusStore:
+class MilvusStore(MilvusFeedback):
     """One connection to a Milvus server/cluster (or a Milvus Lite file) and the names of one model."""
 
     def __init__(self, settings: Settings) -> None:
@@ -122,6 +123,7 @@ class MilvusStore:
             token = settings.milvus_token_file.read_text(encoding="utf-8").strip()
         self.alias = milvus_name(f"{settings.milvus_prefix}_{settings.name}")
         self.feedback_name = f"{self.alias}_feedback"
+        self.analyzer = Analyzer.named(settings.analyzer)
         self.client = self.call(pymilvus.MilvusClient, uri=self.uri, token=token or "", timeout=10)
 
     def call(self, fn: Callable, *args, **kwargs) -> Any:
@@ -148,7 +150,9 @@ class MilvusStore:
         described = self.call(self.client.describe_collection, name)
         dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
         version = described.get("properties", {}).get("qaembed.model_version", "")
-        return MilvusCollection(self, name, dim, version)
+        lexical = bm25.has_lexical_fields(described)
+        analyzer = bm25.recorded_analyzer(described.get("properties", {})) if lexical else None
+        return MilvusCollection(self, name, dim, version, analyzer)
 
     def serving(self) -> str | None:
         """The collection the alias names (``None`` before the first switch)."""
@@ -157,8 +161,14 @@ class MilvusStore:
         return self.call(self.client.describe_alias, self.alias)["collection_name"]
 
     def open(self, version: str, dim: int) -> MilvusCollection:
-        """The collection of model ``version``, created (state ``building``) when missing."""
+        """The collection of model ``version``, created (state ``building``) when missing, with the BM25 field
+        (:mod:`service.milvus_lexical`). A collection of the previous release (no BM25 field) is left as it is:
+        this version's documents go to a new collection ``<name>_bm25``, filled from the serving one like a
+        model change (``service.storage.milvus.fill``). Raises :class:`training.analyzer.AnalyzerError` when
+        the collection records another analyzer than ``--analyzer``."""
         name = self.collection_name(version)
+        if self.call(self.client.has_collection, name) and not self._lexical(name):
+            name += LEXICAL_SUFFIX
         if not self.call(self.client.has_collection, name):
             pm = self._pymilvus
             schema = pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -170,17 +180,25 @@ class MilvusStore:
             index = self.client.prepare_index_params()
             index.add_index("vector", index_type=self.settings.milvus_index_type, metric_type="IP",
                             params=self._build_params())
+            bm25.add_lexical_fields(pm, schema, index)
             try:
                 self.call(self.client.create_collection, name, schema=schema, index_params=index,
                           consistency_level=self.settings.milvus_consistency,
                           properties={"qaembed.model_name": self.settings.name or "",
-                                      "qaembed.model_version": version, "qaembed.state": "building"})
+                                      "qaembed.model_version": version, "qaembed.state": "building",
+                                      bm25.ANALYZER_PROPERTY: bm25.analyzer_property(self.analyzer)})
                 log.info("created collection %s (dim %d, %s)", name, dim, self.settings.milvus_index_type)
             except IndexUnavailable as exc:  # another replica created it first, or is creating it right now
                 if not self._appears(name):
                     raise exc from None
+        recorded = bm25.recorded_analyzer(self.call(self.client.describe_collection, name).get("properties", {}))
+        if recorded is not None:
+            self.analyzer.check_same(recorded.describe())
         self.call(self.client.load_collection, name)
-        return MilvusCollection(self, name, dim, version)
+        return MilvusCollection(self, name, dim, version, self.analyzer)
+
+    def _lexical(self, name: str) -> bool:
+        return bm25.has_lexical_fields(self.call(self.client.describe_collection, name))
 
     def _appears(self, name: str, wait_s: float = 5.0) -> bool:
         """Whether collection ``name`` exists within ``wait_s``: two replicas starting together both try to
@@ -220,47 +238,6 @@ class MilvusStore:
             self.call(self.client.alter_collection_properties, current, properties={"qaembed.state": "retired"})
         log.info("alias %s: %s → %s", self.alias, current, collection.name)
 
-    # ------------------------------------------------------------------ feedback
-    def _feedback_collection(self) -> str:
-        if not self.call(self.client.has_collection, self.feedback_name):
-            pm = self._pymilvus
-            schema = pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", pm.DataType.VARCHAR, is_primary=True, max_length=64)
-            schema.add_field("data", pm.DataType.VARCHAR, max_length=_CHUNK)
-            schema.add_field("vector", pm.DataType.FLOAT_VECTOR, dim=2)  # Milvus requires one; unused
-            index = self.client.prepare_index_params()
-            index.add_index("vector", index_type="FLAT", metric_type="L2")
-            try:
-                self.call(self.client.create_collection, self.feedback_name, schema=schema, index_params=index,
-                          consistency_level="Strong")
-            except IndexUnavailable:
-                if not self._appears(self.feedback_name):
-                    raise
-        self.call(self.client.load_collection, self.feedback_name)
-        return self.feedback_name
-
-    def add_feedback(self, record: Mapping) -> None:
-        """Store one record durably: compressed JSON in parts ``<time>-<uuid>-<part>`` (time-ordered)."""
-        data = base64.b64encode(zlib.compress(json.dumps(record, ensure_ascii=False).encode())).decode()
-        key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-        parts = [data[i:i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [""]
-        rows = [{"id": f"{key}-{n:04d}", "data": part, "vector": [0.0, 0.0]} for n, part in enumerate(parts)]
-        self.call(self.client.insert, self._feedback_collection(), rows)
-
-    def read_feedback(self) -> list[dict]:
-        """Every feedback record, oldest first."""
-        name = self._feedback_collection()
-        rows = sorted(r for batch in self._scan(name, ["id", "data"], "") for r in
-                      ((row["id"], row["data"]) for row in batch))
-        records, parts, key = [], [], None
-        for row_id, data in rows + [("", "")]:
-            if row_id.rsplit("-", 1)[0] != key and parts:
-                records.append(json.loads(zlib.decompress(base64.b64decode("".join(parts)))))
-                parts = []
-            key = row_id.rsplit("-", 1)[0]
-            parts.append(data)
-        return records
-
     def _scan(self, name: str, fields: list[str], expr: str, batch_size: int = 1000) -> Iterator[list[dict]]:
         iterator = self.call(self.client.query_iterator, name, batch_size=batch_size, filter=expr,
                              output_fields=fields)
@@ -279,8 +256,10 @@ class MilvusCollection(DocumentCollection):
 
     workers = 8  # RPCs wait on the network, not on a local index: let several run at once
 
-    def __init__(self, store: MilvusStore, name: str, dim: int, model_version: str) -> None:
+    def __init__(self, store: MilvusStore, name: str, dim: int, model_version: str,
+                 analyzer: Analyzer | None = None) -> None:
         self.store, self.name, self.dim, self.model_version = store, name, dim, model_version
+        self.analyzer = analyzer  # None: the previous release's collection, without the BM25 field
         self.client = store.client
         self.consistency = store.settings.milvus_consistency
 
@@ -312,6 +291,8 @@ class MilvusCollection(DocumentCollection):
                                f"Milvus stores at most {MAX_TEXT_BYTES}")
             data.append({"id": doc.id, "text": doc.text, "metadata": dict(doc.metadata),
                          "updated_at": updated_at, "vector": vectors[i].tolist()})
+            if self.analyzer is not None:
+                data[-1][bm25.TERMS_FIELD] = bm25.terms_text(self.analyzer, doc.text)
         if check:
             self._check_serving()
         if data:
@@ -361,6 +342,12 @@ class MilvusCollection(DocumentCollection):
         return {"type": f"milvus {self.store.settings.milvus_index_type}", "backend": "milvus",
                 "collection": self.name, "alias": self.store.alias, "documents": len(self),
                 "model_version": self.model_version, "consistency": self.consistency, "read_only": False}
+
+    def lexical(self) -> bm25.MilvusLexical:
+        """BM25 over this collection (see :mod:`service.milvus_lexical`)."""
+        if self.analyzer is None:
+            raise ValueError(f"collection {self.name} has no BM25 field (made by the previous release)")
+        return bm25.MilvusLexical(self, self.analyzer)
 
     def ensure_loaded(self) -> None:
         """Reachable and loaded; a collection released by a Milvus restart is loaded again (readiness)."""

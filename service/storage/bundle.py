@@ -7,10 +7,13 @@ the model's::
     documents.jsonl   one JSON object per document: id, text, metadata (service.documents.Document)
     vectors.npy       float32 [documents, dimension], row i = line i of documents.jsonl
     index.faiss       the trained FAISS index over those rows (read back, never retrained)
+    lexical.sqlite3   the BM25 index of the documents (:mod:`.bundle_lexical`; absent in bundles of the
+                      previous release, which then serve dense search only)
 
-and the manifest's ``index`` section (``ModelSpec.index``): ``type``, ``documents``, ``dimension``
-(plus ``corpus`` and ``model``, for people). Document writes answer 405 (the corpus changes by
-publishing a new version); a reload loads the new version's collection instead of re-embedding.
+and the manifest's ``index`` section (``ModelSpec.index``): ``type``, ``documents``, ``dimension``,
+``lexical`` (file, analyzer, documents; plus ``corpus`` and ``model``, for people). Document writes answer
+405 (the corpus changes by publishing a new version); a reload loads the new version's collection instead
+of re-embedding.
 Feedback is still taken: into the SQLite store with ``--data_dir``, else in memory.
 """
 
@@ -29,7 +32,9 @@ import numpy as np
 from ..documents import Document
 from ..errors import ReadOnlyIndex
 from ..index import Collection, IndexConfig, VectorIndex
+from ..lexical import LexicalSource
 from .base import Write
+from .bundle_lexical import LEXICAL_FILE, BundleLexical, MissingLexical
 from .journal import Journal, JournaledStorage
 
 if TYPE_CHECKING:
@@ -81,10 +86,15 @@ class BundleStorage(JournaledStorage):
     def __init__(self, settings, journal: Journal, index_config: IndexConfig) -> None:
         super().__init__(settings, journal)
         self.index_config = index_config
+        self._specs: dict[str, ModelSpec] = {}  # model version → its bundle, for lexical_for
+
+    def _collection(self, spec: ModelSpec) -> Collection:
+        self._specs[spec.version] = spec
+        return _bundle_collection(spec, self.index_config)
 
     async def open(self, model: EmbeddingModel) -> Collection:
         await asyncio.to_thread(self.journal.recover)  # the data dir keeps feedback only
-        collection = await asyncio.to_thread(_bundle_collection, model.spec, self.index_config)
+        collection = await asyncio.to_thread(self._collection, model.spec)
         self.journal.open_log(dirty=False)
         return collection
 
@@ -93,7 +103,15 @@ class BundleStorage(JournaledStorage):
             raise ValueError(f"{model.spec.name}/{model.spec.version} is not an index bundle: this replica serves "
                              "read-only index bundles (restart it to serve a model)")
         status.update(state="loading index")
-        return await asyncio.to_thread(_bundle_collection, model.spec, self.index_config)
+        return await asyncio.to_thread(self._collection, model.spec)
+
+    def lexical_for(self, collection: Collection) -> LexicalSource:
+        """The bundle's ``lexical.sqlite3``, read-only; without it, dense only (:class:`MissingLexical`)."""
+        spec = self._specs[collection.model_version]
+        facts = spec.index.get("lexical")
+        if not facts:
+            return MissingLexical(f"{spec.name}/{spec.version}")
+        return BundleLexical(spec.bundle_path / facts.get("file", LEXICAL_FILE), facts)
 
     async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
         """Nothing: no document writes are taken."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import IndexUnavailable
 from ..milvus import MilvusCollection, MilvusStore, now_ms
+from ..milvus_lexical import MilvusLexical
 from .base import Storage, Write, durability_facts
 
 if TYPE_CHECKING:
@@ -110,6 +111,11 @@ class MilvusStorage(Storage):
 
     def read_feedback(self) -> list[dict]:
         return self.milvus.read_feedback()
+
+    def lexical_for(self, collection: MilvusCollection) -> MilvusLexical:
+        """Milvus's BM25 over ``collection`` (every collection this release serves has it: one the previous
+        release made without it is refilled into a new one by :meth:`MilvusStore.open`)."""
+        return collection.lexical()
 
     def check(self, collection: MilvusCollection) -> None:
         collection.ensure_loaded()
