@@ -275,7 +275,14 @@ class MilvusCollection(DocumentCollection):
         rows = self.store.call(self.client.get, self.name, ids=[doc_id], output_fields=_FIELDS)
         return Document(doc_id, rows[0]["text"], rows[0]["metadata"] or {}) if rows else None
 
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray, owners: np.ndarray | None = None,
+               spans: Sequence | None = None) -> None:
+        """One row per document: a long document chunked into windows (``owners``) keeps its first window,
+        the text the model sees when it truncates (Milvus does not store windows yet: ``info()['chunking']``)."""
+        if owners is not None:
+            owners = np.asarray(owners)
+            first = [int(np.flatnonzero(owners == i)[0]) for i in range(len(docs))]
+            vectors = np.asarray(vectors)[first]
         now = now_ms()
         self.write([(doc, now) for doc in docs], vectors, check=True)
 
@@ -341,7 +348,9 @@ class MilvusCollection(DocumentCollection):
     def info(self) -> dict:
         return {"type": f"milvus {self.store.settings.milvus_index_type}", "backend": "milvus",
                 "collection": self.name, "alias": self.store.alias, "documents": len(self),
-                "model_version": self.model_version, "consistency": self.consistency, "read_only": False}
+                "model_version": self.model_version, "consistency": self.consistency, "read_only": False,
+                "chunking": "none: one vector per document, its beginning (the model truncates)",
+                "lexical": "milvus bm25" if self.analyzer is not None else None}
 
     def lexical(self) -> bm25.MilvusLexical:
         """BM25 over this collection (see :mod:`service.milvus_lexical`)."""

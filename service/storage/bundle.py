@@ -87,6 +87,7 @@ class BundleStorage(JournaledStorage):
         super().__init__(settings, journal)
         self.index_config = index_config
         self._specs: dict[str, ModelSpec] = {}  # model version → its bundle, for lexical_for
+        self._lexical: dict[str, LexicalSource] = {}  # model version → its lexical source, closed in close()
 
     def _collection(self, spec: ModelSpec) -> Collection:
         self._specs[spec.version] = spec
@@ -108,10 +109,16 @@ class BundleStorage(JournaledStorage):
     def lexical_for(self, collection: Collection) -> LexicalSource:
         """The bundle's ``lexical.sqlite3``, read-only; without it, dense only (:class:`MissingLexical`)."""
         spec = self._specs[collection.model_version]
-        facts = spec.index.get("lexical")
-        if not facts:
-            return MissingLexical(f"{spec.name}/{spec.version}")
-        return BundleLexical(spec.bundle_path / facts.get("file", LEXICAL_FILE), facts)
+        if spec.version not in self._lexical:  # kept until close: a retired generation may still search it
+            facts = spec.index.get("lexical")
+            self._lexical[spec.version] = (BundleLexical(spec.bundle_path / facts.get("file", LEXICAL_FILE), facts)
+                                           if facts else MissingLexical(f"{spec.name}/{spec.version}"))
+        return self._lexical[spec.version]
+
+    def close(self) -> None:
+        for source in self._lexical.values():
+            source.close()
+        super().close()
 
     async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
         """Nothing: no document writes are taken."""
