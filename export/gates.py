@@ -119,14 +119,34 @@ def invariance_failures(results: dict[str, float | None]) -> list[str]:
     return failures
 
 
-def quality(records: Sequence[QARecord], encoders: dict[str, Encode]) -> dict[str, dict]:
+def quality(records: Sequence[QARecord], encoders: dict[str, Encode], chunk_stride: int | None = None
+            ) -> dict[str, dict]:
     """Retrieval metrics of each variant on ``records``: questions are encoded with ``is_query=True`` (the
-    model's query prompt, as ``/embed`` does for queries), passages plain."""
+    model's query prompt, as ``/search`` does), passages plain and, as the service ingests them, chunked into
+    windows by the runtime's tokenizer, a passage scoring as its best window (:mod:`training.chunking`). An
+    ``encode`` that is an :class:`~export.runtime.OnnxEncoder`'s bound ``encode`` (or the encoder) chunks with
+    it (``chunk_stride`` as the service's ``--chunk_stride``: None half a window, 0 off); any other callable
+    embeds passages whole."""
     task = RetrievalTask.from_records(records)
     return {
-        variant: evaluate(task, lambda texts, e=encode: e(texts, is_query=True), encode)
+        variant: evaluate(task, lambda texts, e=encode: e(texts, is_query=True), passage_encoder(encode, chunk_stride))
         for variant, encode in encoders.items()
     }
+
+
+def passage_encoder(encode: Encode, chunk_stride: int | None = None) -> Callable:
+    """What :func:`quality` embeds passages with: the runtime encoder's windows when ``encode`` has one."""
+    encoder = getattr(encode, "__self__", encode)
+    if callable(getattr(encoder, "passages", None)):
+        return lambda texts: encoder.passages(texts, chunk_stride)
+    return encode
+
+
+def quality_chunking(encode: Encode, chunk_stride: int | None = None) -> dict | None:
+    """The chunking :func:`quality` used with ``encode`` (``{"window", "stride"}``), None when it had none."""
+    encoder = getattr(encode, "__self__", encode)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    return tokenizer.chunking(chunk_stride).describe() if hasattr(tokenizer, "chunking") else None
 
 
 def allowed_drop(queries: int) -> float:

@@ -55,9 +55,12 @@ class DocumentCollection(ABC):
     def get(self, doc_id: str) -> Document | None: ...
 
     @abstractmethod
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> None:
-        """Insert or replace documents with their vectors (row ``i`` is ``docs[i]``'s); the last of a repeated
-        id wins."""
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray, owners: np.ndarray | None = None,
+               spans: Sequence[tuple[int, int] | None] | None = None) -> None:
+        """Insert or replace documents with their vectors; the last of a repeated id wins. Row ``i`` of ``vectors``
+        is ``docs[owners[i]]``'s (default: ``docs[i]``'s), a window covering ``spans[i]`` of its text (None: the
+        whole text): a long document has several rows (:mod:`training.chunking`); a search returns it once, scored
+        by its best window, with that window's span as :attr:`Hit.span`."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> list[str]:

@@ -25,11 +25,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 Span = tuple[int, int]  # [start, end) character offsets in the passage
+# texts → per text, the character offsets of its content tokens (untruncated, no special tokens)
+OffsetsOf = Callable[[Sequence[str]], list[list[Span]]]
 
 
 def default_stride(window: int) -> int:
@@ -66,3 +69,110 @@ def best_per_owner(scores: np.ndarray, owners: np.ndarray, n_owners: int) -> np.
     for query in range(scores.shape[0]):
         np.maximum.at(best[query], owners, scores[query])
     return best
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How passages are cut: windows of ``window`` content tokens every ``stride`` tokens; ``stride`` 0 is off
+    (a passage is embedded whole, i.e. truncated to ``max_seq_length`` by the model)."""
+
+    window: int
+    stride: int
+
+    @classmethod
+    def for_model(cls, max_seq_length: int, special_tokens: int, stride: int | None = None) -> Chunking:
+        """``stride`` None: :func:`default_stride`; 0: off."""
+        window = max(1, int(max_seq_length) - int(special_tokens))
+        stride = default_stride(window) if stride is None else int(stride)
+        if stride < 0:
+            raise ValueError(f"chunk stride must be >= 0 (0 = no chunking), got {stride}")
+        return cls(window, stride)
+
+    @property
+    def enabled(self) -> bool:
+        return self.stride > 0
+
+    def describe(self) -> dict:
+        """What metrics.json, manifests and ``/info`` record: ``{"window", "stride"}`` (stride 0 = off)."""
+        return {"window": self.window, "stride": self.stride}
+
+    def split(self, texts: Sequence[str], offsets_of: OffsetsOf) -> Windows:
+        """The windows of ``texts`` (offsets computed only when chunking is on)."""
+        if not self.enabled:
+            return Windows.whole(texts)
+        return split_windows(texts, offsets_of(texts), self.window, self.stride)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows of a batch of passages, in passage order: ``texts[i]`` is window ``i``, a piece of passage
+    ``owners[i]`` at ``spans[i]``; ``spans[i]`` is None where the passage is one window (embedded whole, as
+    it would be without chunking). Every passage has at least one window."""
+
+    texts: list[str]
+    owners: np.ndarray  # int64 [windows]
+    spans: list[Span | None]
+    count: int  # passages
+
+    @classmethod
+    def whole(cls, texts: Sequence[str]) -> Windows:
+        return cls(list(texts), np.arange(len(texts), dtype=np.int64), [None] * len(texts), len(texts))
+
+
+def split_windows(texts: Sequence[str], offsets: Sequence[Sequence[Span]], window: int, stride: int) -> Windows:
+    """:func:`token_windows` of every text; a text of one window (or none: empty) stays whole, span None."""
+    pieces: list[str] = []
+    owners: list[int] = []
+    spans: list[Span | None] = []
+    for owner, (text, token_offsets) in enumerate(zip(texts, offsets, strict=True)):
+        cut = token_windows(token_offsets, window, stride)
+        if len(cut) <= 1:
+            pieces.append(text)
+            owners.append(owner)
+            spans.append(None)
+            continue
+        for start, end in cut:
+            pieces.append(text[start:end])
+            owners.append(owner)
+            spans.append((start, end))
+    return Windows(pieces, np.asarray(owners, dtype=np.int64), spans, len(texts))
+
+
+@dataclass(frozen=True)
+class WindowVectors:
+    """Unit vectors of passages' windows (row ``i`` of ``vectors`` is window ``i``, of passage ``owners[i]``).
+
+    What a chunking passage encoder returns; :func:`training.metrics.similarity` scores a passage as
+    :meth:`best` of its windows, as the service's search does.
+    """
+
+    vectors: np.ndarray  # float32 [windows, dim]
+    owners: np.ndarray  # int64 [windows]
+    spans: list[Span | None]
+    count: int  # passages
+
+    @classmethod
+    def one_each(cls, vectors: np.ndarray) -> WindowVectors:
+        """One (whole) window per passage: the unchunked case."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return cls(vectors, np.arange(len(vectors), dtype=np.int64), [None] * len(vectors), len(vectors))
+
+    def best(self, queries: np.ndarray) -> np.ndarray:
+        """``[queries, passages]``: each passage's best window score (inner product) per query row."""
+        return best_per_owner(np.asarray(queries, dtype=np.float32) @ self.vectors.T, self.owners, self.count)
+
+    def rows_of(self, passage: int) -> np.ndarray:
+        return np.flatnonzero(self.owners == passage)
+
+
+def chunked_encoder(encode: Callable[[Sequence[str]], np.ndarray], offsets_of: OffsetsOf,
+                    chunking: Chunking) -> Callable[[Sequence[str]], WindowVectors]:
+    """A passage encoder that embeds every window of every passage (``encode`` embeds plain passages)."""
+
+    def encode_passages(texts: Sequence[str]) -> WindowVectors:
+        windows = chunking.split(list(texts), offsets_of)
+        vectors = np.asarray(encode(windows.texts), dtype=np.float32) if windows.texts else np.empty((0, 0))
+        return WindowVectors(vectors, windows.owners, windows.spans, windows.count)
+
+    encode_passages.chunking = chunking  # type: ignore[attr-defined]
+    return encode_passages

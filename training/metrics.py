@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.chunking import WindowVectors
 from training.data import QARecord
 
 METRIC_NAMES = ("accuracy@1", "accuracy@3", "accuracy@10", "mrr@10", "ndcg@10", "recall@10")
@@ -67,10 +68,17 @@ def evaluate_rankings(task: RetrievalTask, ranked: Sequence[Sequence[int]]) -> d
 
 
 def similarity(task: RetrievalTask, encode_queries: Encoder, encode_passages: Encoder) -> np.ndarray:
-    """Cosine similarity of every query (rows) with every corpus passage (columns)."""
+    """Cosine similarity of every query (rows) with every corpus passage (columns).
+
+    A chunking passage encoder (:func:`training.chunking.chunked_encoder`) returns its windows' vectors: a
+    passage then scores as its best window, as the service's search does.
+    """
     queries = _unit_rows(encode_queries(list(task.queries)))
-    passages = _unit_rows(encode_passages(list(task.corpus)))
-    return queries @ passages.T
+    passages = encode_passages(list(task.corpus))
+    if isinstance(passages, WindowVectors):
+        unit = WindowVectors(_unit_rows(passages.vectors), passages.owners, passages.spans, passages.count)
+        return unit.best(queries)
+    return queries @ _unit_rows(passages).T
 
 
 def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from export.bundle import Bundle
+from training.chunking import WindowVectors, chunked_encoder
 
 from .session import OnnxSession, runs_per_sequence
 from .tokenizer import Encoded, TextTokenizer, pad_batch
@@ -87,6 +88,13 @@ class OnnxEncoder:
                 output = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             output[rows] = vectors
         return output
+
+    def passages(self, texts: Sequence[str], stride: int | None = None, batch_size: int = 32) -> WindowVectors:
+        """Every window of every passage (:mod:`training.chunking`, windows from this tokenizer's offsets)
+        embedded as a document, as the service ingests it; ``stride`` None: half a window, 0: no chunking."""
+        encode = chunked_encoder(lambda pieces: self.encode(pieces, batch_size, is_query=False),
+                                 self.tokenizer.content_offsets, self.tokenizer.chunking(stride))
+        return encode(texts)
 
     def run(self, encodings: Sequence[Encoded]) -> np.ndarray:
         """One forward pass over ``encodings`` in their order (padded to the longest) → unit vectors."""

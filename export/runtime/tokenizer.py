@@ -9,6 +9,9 @@ Contract:
 * ``truncate=False`` raises :class:`InputTooLong` (a plain exception: callers map it, e.g. to HTTP 413)
   for a text over ``max_seq_length`` tokens, whichever the direction.
 * :func:`pad_batch` is the one way encodings become the graph's ``int64 [batch, seq]`` inputs.
+* Long documents: :meth:`TextTokenizer.content_offsets` (untruncated, no special tokens) and
+  :meth:`TextTokenizer.chunking` (window = ``max_seq_length`` less the special tokens) feed
+  :mod:`training.chunking`, the one definition of windows the service, the gates and training share.
 
 Example::
 
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from training.chunking import Chunking, Span
 
 TRUNCATION_DIRECTIONS = ("right", "left")
 
@@ -60,6 +65,21 @@ class TextTokenizer:
         self._untruncated = Tokenizer.from_file(str(tokenizer_path))
         self._untruncated.no_padding()
         self._untruncated.no_truncation()
+
+    @property
+    def special_tokens(self) -> int:
+        """Special tokens added around one text (``[CLS]`` and ``[SEP]``: 2)."""
+        return len(self._untruncated.encode("", add_special_tokens=True).ids)
+
+    def chunking(self, stride: int | None = None) -> Chunking:
+        """Windows of ``max_seq_length`` less the special tokens; ``stride`` None: half a window, 0: off."""
+        return Chunking.for_model(self.max_seq_length, self.special_tokens, stride)
+
+    def content_offsets(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Character offsets of each text's tokens, untruncated, special tokens left out (documents: no prompt)."""
+        encodings = self._untruncated.encode_batch(list(texts), add_special_tokens=True)
+        return [[tuple(enc.offsets[i]) for i in range(len(enc.ids)) if not enc.special_tokens_mask[i]]
+                for enc in encodings]
 
     def encode(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
                truncation_direction: str = "right") -> list[Encoded]:
