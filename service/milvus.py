@@ -275,6 +275,13 @@ class MilvusCollection(DocumentCollection):
         rows = self.store.call(self.client.get, self.name, ids=[doc_id], output_fields=_FIELDS)
         return Document(doc_id, rows[0]["text"], rows[0]["metadata"] or {}) if rows else None
 
+    def get_many(self, ids: Sequence[str]) -> dict[str, Document]:
+        """The documents of ``ids`` that exist, in one RPC (what lexical hits are resolved with)."""
+        if not ids:
+            return {}
+        rows = self.store.call(self.client.get, self.name, ids=list(dict.fromkeys(ids)), output_fields=_FIELDS)
+        return {r["id"]: Document(r["id"], r["text"], r["metadata"] or {}) for r in rows}
+
     def upsert(self, docs: Sequence[Document], vectors: np.ndarray, owners: np.ndarray | None = None,
                spans: Sequence | None = None) -> None:
         """One row per document: a long document chunked into windows (``owners``) keeps its first window,

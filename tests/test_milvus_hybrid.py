@@ -76,6 +76,7 @@ def test_milvus_bm25_sees_the_analyzer_terms_exactly(store):
         assert sorted(i for i, _ in lexical.search(query, k=10).hits) == sorted(fts_ids(query)), query
     assert lexical.search("漢", k=5).hits == [] and lexical.search("ışı", k=5).hits == []  # whole terms only
     assert lexical.info()["analyzer"] == Analyzer.named("tr").describe()
+    assert collection.get_many(["kahve", "nope", "ankara"]) == {"kahve": DOCS[2], "ankara": DOCS[1]}
     props = collection.properties()
     assert json.loads(props["qaembed.analyzer"]) == Analyzer.named("tr").describe()
 
