@@ -15,7 +15,9 @@ Contract:
   ``per_sequence=True``: :meth:`OnnxSession.run` then runs each row alone, without its padding (inputs are
   right-padded, as :func:`~export.runtime.pad_batch` pads). On this CPU that costs nothing: int8 ran as
   fast at batch 1 as at batch 32 (docs/benchmarks.md). :func:`runs_per_sequence` decides it from a
-  bundle's manifest.
+  bundle's manifest. On a CPU with several intra-op threads the rows of a batch run two at a time
+  (``row_workers``): one short sequence keeps two threads busy only part of each op, two passes at once
+  fill them (each row's output is unchanged: every pass still sees one sequence).
 
 Example::
 
@@ -28,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +125,13 @@ class OnnxSession:
         self.per_sequence = per_sequence
         # Short texts parallelise poorly inside one pass: two passes at once cost ~9.5 CPU-ms per query
         # against ~12 for one pass over 2 threads (1.10× the /embed traffic, docs/benchmarks/service.md);
-        # alone, a pass still gets every thread.
-        self.concurrent_batches = 2 if self.device == "cpu" and options.intra_op_num_threads > 1 else 1
+        # alone, a pass still gets every thread. One sequence per pass runs a batch's rows two at a time
+        # itself, so it takes one batch at a time (two batches of two rows would oversubscribe the cores).
+        parallel = self.device == "cpu" and options.intra_op_num_threads > 1
+        self.row_workers = 2 if parallel and per_sequence else 1
+        self.concurrent_batches = 2 if parallel and not per_sequence else 1
+        self._rows = (ThreadPoolExecutor(self.row_workers, thread_name_prefix="onnx-row")
+                      if self.row_workers > 1 else None)
 
     def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
               token_type_ids: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -140,12 +148,19 @@ class OnnxSession:
         if not self.per_sequence or len(input_ids) == 1 and attention_mask.all():
             (out,) = self._session.run([OUTPUT], self.feeds(input_ids, attention_mask, token_type_ids))
             return np.asarray(out, dtype=np.float32)
-        rows = []
-        for i, length in enumerate(attention_mask.sum(axis=1)):
+        session = self._session
+
+        def row(i: int, length: int) -> np.ndarray:
             types = None if token_type_ids is None else token_type_ids[i:i + 1, :length]
-            (out,) = self._session.run([OUTPUT], self.feeds(input_ids[i:i + 1, :length],
-                                                            attention_mask[i:i + 1, :length], types))
-            rows.append(out)
+            (out,) = session.run([OUTPUT], self.feeds(input_ids[i:i + 1, :length], attention_mask[i:i + 1, :length],
+                                                      types))
+            return out
+
+        lengths = [int(n) for n in attention_mask.sum(axis=1)]
+        if self._rows is None or len(lengths) == 1:
+            rows = [row(i, n) for i, n in enumerate(lengths)]
+        else:
+            rows = list(self._rows.map(row, range(len(lengths)), lengths))
         return np.concatenate(rows).astype(np.float32, copy=False)
 
     @property
@@ -155,3 +170,5 @@ class OnnxSession:
     def close(self) -> None:
         """Release the graph (its memory goes with the last reference to the onnxruntime session)."""
         self._session = None
+        if self._rows is not None:
+            self._rows.shutdown(wait=True)
