@@ -203,7 +203,22 @@ def _read_manifest(path: Path) -> dict:
             raise BundleError(f"{file}: variants[{variant!r}] must be an object with a 'file' string")
     validate_name(manifest["name"])
     validate_version(manifest["version"])
+    if "fusion" in manifest:
+        _check_fusion(manifest["fusion"], file)
     return manifest
+
+
+def _check_fusion(fusion: object, file: Path) -> None:
+    """``fusion`` (optional): the hybrid search's weight, ``{"alpha": 0..1, "method": "weighted", "chosen_on": str,
+    "analyzer": {...}, "mrr@10_by_alpha": {"0.0": float, ...}}`` (export.fusion writes it, the service reads it)."""
+    if not _has(fusion, method=str, chosen_on=str, analyzer=dict, **{"mrr@10_by_alpha": dict}):
+        raise BundleError(f"{file}: field 'fusion' must be an object with 'method' and 'chosen_on' strings, "
+                          "'analyzer' and 'mrr@10_by_alpha' objects and an 'alpha'")
+    alpha = fusion.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise BundleError(f"{file}: fusion alpha must be a number in [0, 1], found {alpha!r}")
+    if fusion["method"] != "weighted":
+        raise BundleError(f"{file}: fusion method must be 'weighted', found {fusion['method']!r}")
 
 
 def _has(entry: object, **types: type) -> bool:

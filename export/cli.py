@@ -11,7 +11,8 @@ Usage::
     python -m export rollback --registry REG --name NAME
     python -m export retrain  ...   the same as ``python -m retrain ...`` (:mod:`retrain.cli`)
 
-A publish prints what the gates decided, then the new version folder on its last line. User errors (bad
+A publish prints what the gates decided and the hybrid search's fusion α (:mod:`export.fusion`), then the new
+version folder on its last line. User errors (bad
 input, failed gate, tampered bundle) print one ``error: ...`` line on stderr and exit 1; usage errors exit 2.
 
 Example::
@@ -31,7 +32,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from export import registry
+from export import fusion, registry
 from export.bundle import (
     MANIFEST,
     BundleError,
@@ -66,6 +67,7 @@ def _publish(argv: list[str]) -> int:
 
     from export.pipeline import DEFAULT_VARIANTS, export_model  # torch: only for a publish
     from export.quantize import INT8_TARGETS
+    from training.analyzer import ANALYZER_NAMES
     from training.models import resolve_model_path
 
     # Noise a user can do nothing about: the tracer's warning about a shape check in sentence-transformers' Pooling
@@ -97,6 +99,9 @@ def _publish(argv: list[str]) -> int:
     parser.add_argument("--include_torch", action="store_true", help="also ship the PyTorch model folder")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the gates")
     parser.add_argument("--force", action="store_true", help="publish even when a gate fails (recorded)")
+    parser.add_argument("--analyzer", choices=ANALYZER_NAMES, default=None,
+                        help="lexical analyzer of the hybrid search whose α is chosen on --eval_data when the model "
+                        "folder's metrics.json records none (default: training's)")
     args = parser.parse_args(argv)
     path = export_model(
         resolve_model_path(args.model_dir), args.registry, args.name,
@@ -104,9 +109,11 @@ def _publish(argv: list[str]) -> int:
         eval_data=args.eval_data, int8_target=args.int8_target, per_channel=args.per_channel,
         fp32_layers=args.int8_fp32_layers,
         max_seq_length=args.max_seq_length, include_torch=args.include_torch, force=args.force,
-        threads=args.threads,
+        threads=args.threads, analyzer=args.analyzer,
     )
-    print(gate_verdict(json.loads((path / MANIFEST).read_text(encoding="utf-8"))))
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    print(gate_verdict(manifest))
+    print(fusion.describe(manifest.get("fusion")))
     print(path)
     return 0
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export import fusion as fusion_alpha
 from export import gates
 from export.bundle import validate_name
 from export.errors import ExportError
@@ -48,15 +49,25 @@ def export_model(
     force: bool = False,
     threads: int | None = None,
     promote: bool = True,
+    analyzer: str | None = None,
+    fusion_from: str = "training",
     log: Callable[[str], None] = print,
 ) -> Path:
     """Export, gate and publish; returns the new version folder. Raises :class:`ExportError` when a
-    gate fails (and ``force`` is False) or an input is bad."""
+    gate fails (and ``force`` is False) or an input is bad.
+
+    The manifest's ``fusion`` (the hybrid search's α, :mod:`export.fusion`) is the model folder's metrics.json
+    ``fusion``, else chosen on ``eval_data`` with the exported model (BM25 side: the ``analyzer`` named, default
+    training's), else absent. ``fusion_from="eval_data"`` prefers ``eval_data`` when given (retrain: its fixed
+    evaluation set, larger than the training run's held-out share)."""
     validate_name(name)
     unknown = set(variants) - set(FILES)
     if unknown or "onnx" not in variants:
         raise ExportError(f"--variants must include onnx and come from {', '.join(FILES)} (got {','.join(variants)})")
     records = _load_eval_data(eval_data)
+    if fusion_from not in ("training", "eval_data"):
+        raise ExportError(f"fusion_from must be training or eval_data, got {fusion_from!r}")
+    trained_fusion = None if fusion_from == "eval_data" and records else fusion_alpha.from_training(model_dir)
     target = detect_int8_target() if int8_target == "auto" else int8_target
 
     # torch and sentence-transformers load only once the inputs are known to be valid (a fast refusal).
@@ -92,7 +103,12 @@ def export_model(
         built = _build_derived(staging, variants, shape, target, per_channel, fp32_layers, log)
         variants = [v for v in variants if v == "onnx" or (staging / FILES[v]).exists()]
         facts["variants"] = {v: {"file": FILES[v], **built.get(v, {})} for v in variants}
-        facts |= _run_gates(staging, variants, records, texts, reference, facts, threads, force, log)
+        choose = None if trained_fusion or not records else (
+            lambda encode: fusion_alpha.choose_on_eval_data(records, eval_data, encode, analyzer))
+        facts |= _run_gates(staging, variants, records, texts, reference, facts, threads, force, log, choose)
+        if trained_fusion:
+            facts["fusion"] = trained_fusion
+        log(fusion_alpha.describe(facts.get("fusion")))
         for helper in set(FILES) - set(variants):
             for file in staging.glob(FILES[helper] + "*"):
                 file.unlink()
@@ -135,12 +151,16 @@ def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str,
 
 
 def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, threads, force: bool,
-               log) -> dict:
+               log, choose_fusion: Callable | None = None) -> dict:
     """Parity of every variant to the PyTorch ``reference`` of ``texts`` and its batch invariance; quality of
     fp32 and int8 on the eval ``records``. Each variant's session is opened, measured and dropped before the
     next one. The encoder is the runtime the service runs (its tokenizer, session and post step), run per
-    sequence where the variant's manifest entry says so, exactly as the service will run it."""
-    mean_cosine, measured, invariance, runs = {}, {}, {}, {}
+    sequence where the variant's manifest entry says so, exactly as the service will run it.
+
+    ``choose_fusion(encode)``, when given, chooses the fusion α with the variant the service serves on a CPU
+    (int8 when built, else fp32 onnx) while its session is open; its entry becomes ``fusion``."""
+    mean_cosine, measured, invariance, runs, fusion, chunking = {}, {}, {}, {}, None, None
+    fusion_variant = "int8" if "int8" in variants else "onnx"
     for variant in variants:  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
         per_sequence = runs_per_sequence(variant, facts["variants"][variant])
         encoder = OnnxEncoder.from_files(staging / FILES[variant], staging / facts["tokenizer"],
@@ -152,6 +172,9 @@ def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, 
             lambda batch, e=encoder: e.run(e.tokenizer.encode(batch)), texts[:INVARIANCE_TEXTS])
         if records and variant in ("onnx", "int8"):
             measured |= gates.quality(records, {variant: encoder.encode})
+            chunking = gates.quality_chunking(encoder.encode)
+        if choose_fusion and variant == fusion_variant:
+            fusion = {**choose_fusion(encoder.encode), "variant": variant}
         del encoder
         gc.collect()
     result = {"parity": {"texts": len(texts), "mean_cosine": mean_cosine,
@@ -163,7 +186,7 @@ def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, 
     if records:
         queries = len({r.question for r in records})
         result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.allowed_drop(queries),
-                             "pairs": len(records), "questions": queries, **measured}
+                             "pairs": len(records), "questions": queries, "chunking": chunking, **measured}
         failures += gates.quality_failures(measured, queries)
         log("quality: " + ", ".join(f"{v} {gates.QUALITY_METRIC}={m[gates.QUALITY_METRIC]}"
                                      for v, m in measured.items()))
@@ -172,6 +195,8 @@ def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, 
     if failures:
         log("WARNING: publishing despite failed gates (--force): " + "; ".join(failures))
     result["gate_failures_forced"] = failures
+    if fusion:
+        result["fusion"] = fusion
     return result
 
 

@@ -196,3 +196,65 @@ def test_cli_user_errors_exit_1_with_one_line(tmp_path, minilm_path, arguments, 
     assert result.returncode == 1
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "ok").exists() or list_versions(tmp_path, "ok") == []
+
+
+# The hybrid search's fusion α in the manifest (export.fusion): from metrics.json, else chosen on --eval_data.
+TRAINED_FUSION = {"method": "weighted", "candidates": 100, "alpha": 0.3, "alpha_chosen_on_queries": 1532,
+                  "analyzer": {"name": "tr", "stemmer": "prefix", "prefix_length": 5, "version": 1},
+                  "mrr@10_by_alpha": {f"{a / 10:.1f}": round(0.5 + a / 100, 2) for a in range(11)}}
+
+
+def test_export_copies_the_training_runs_fusion_alpha_and_shows_it(minilm_path, tmp_path):
+    model_dir = _training_output(minilm_path, tmp_path / "trained")
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    (model_dir / "metrics.json").write_text(json.dumps({**metrics, "fusion": TRAINED_FUSION}))
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "--model_dir", str(model_dir), "--registry", str(tmp_path / "registry"),
+         "--name", "trained", "--variants", "onnx", "--max_seq_length", "64", "--threads", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    fusion = open_bundle(tmp_path / "registry", "trained").manifest["fusion"]  # open_bundle validates it
+    assert fusion == {"alpha": 0.3, "method": "weighted", "chosen_on": "training held-out split (1532 questions)",
+                      "analyzer": TRAINED_FUSION["analyzer"], "mrr@10_by_alpha": TRAINED_FUSION["mrr@10_by_alpha"],
+                      "candidates": 100}
+    summary = result.stdout.splitlines()
+    assert summary[-2] == "fusion: weighted, α 0.3, chosen on training held-out split (1532 questions)"
+
+
+def test_export_chooses_alpha_on_eval_data_with_the_exported_model(minilm_path, tmp_path, example_data):
+    from export.pipeline import export_model
+    from training.analyzer import Analyzer
+    from training.metrics import RetrievalTask
+    from training.retrieval import compare_retrievers
+
+    model_dir = _training_output(minilm_path, tmp_path / "trained")  # its metrics.json records no fusion
+    lines = []
+    path = export_model(str(model_dir), tmp_path, "chosen", variants=["onnx"], max_seq_length=64,
+                        eval_data=[example_data], threads=2, log=lines.append)
+    bundle = open_bundle(tmp_path, "chosen")
+    fusion = bundle.manifest["fusion"]
+    records = load_qa_data([example_data]).records
+    task = RetrievalTask.from_records(records)
+    assert fusion["chosen_on"] == f"eval data: example_qa_data.json ({len(task.queries)} questions)"
+    assert (fusion["method"], fusion["variant"]) == ("weighted", "onnx")
+    assert fusion["analyzer"] == Analyzer.named("tr").describe()
+    # The same grid search as training, on the bundle's own runtime encoder (query prompt for questions).
+    encoder = OnnxEncoder.from_files(bundle.variant_path("onnx"), bundle.tokenizer_path, 64, threads=2,
+                                     query_prompt=bundle.query_prompt)
+    expected = compare_retrievers(task, lambda t: encoder.encode(t, is_query=True), encoder.passages,
+                                  Analyzer.named("tr"))  # passages chunked, as the gate and /search score them
+    assert fusion["alpha"] == expected["fusion"]["alpha"]
+    assert fusion["mrr@10_by_alpha"] == expected["fusion"]["mrr@10_by_alpha"]
+    assert len(fusion["mrr@10_by_alpha"]) == 11
+    assert fusion["measured"]["hybrid"] == expected["hybrid"]["mrr@10"] >= max(fusion["measured"]["dense"],
+                                                                                 fusion["measured"]["bm25"]) - 1e-9
+    assert any(line.startswith(f"fusion: weighted, α {fusion['alpha']}, chosen on eval data") for line in lines)
+    assert path.name == "v0001"
+
+
+def test_no_fusion_without_metrics_or_eval_data(exported_bundle):
+    from export.fusion import describe
+
+    assert "fusion" not in open_bundle(*exported_bundle).manifest
+    assert describe(None).startswith("fusion: none recorded")

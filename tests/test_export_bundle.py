@@ -293,3 +293,31 @@ def test_write_durably_leaves_old_or_new_content(tmp_path, monkeypatch, step):
     assert [p.name for p in tmp_path.iterdir()] == ["LATEST"]  # no temp file left behind
     write_durably(target, b"v0002\n")
     assert target.read_bytes() == b"v0002\n"
+
+
+GOOD_FUSION = {"alpha": 0.4, "method": "weighted", "chosen_on": "eval data: dev.jsonl (40 questions)",
+               "analyzer": {"name": "tr", "stemmer": "prefix", "prefix_length": 5, "version": 1},
+               "mrr@10_by_alpha": {"0.0": 0.5, "0.4": 0.6}}
+
+
+@pytest.mark.parametrize(
+    "fusion, message",
+    [
+        ({**GOOD_FUSION, "alpha": 1.5}, "fusion alpha must be a number in [0, 1], found 1.5"),
+        ({**GOOD_FUSION, "alpha": "0.4"}, "fusion alpha must be a number in [0, 1], found '0.4'"),
+        ({**GOOD_FUSION, "method": "rrf"}, "fusion method must be 'weighted', found 'rrf'"),
+        ({k: v for k, v in GOOD_FUSION.items() if k != "analyzer"}, "field 'fusion' must be an object with"),
+        (0.4, "field 'fusion' must be an object with"),
+    ],
+)
+def test_manifest_fusion_is_validated(tmp_path, fusion, message):
+    staging = new_staging_dir(tmp_path, "demo")
+    for file in ("model.onnx", "model_int8.onnx", "tokenizer.json"):
+        (staging / file).write_text("x")
+    path = publish(staging, {**FACTS, "fusion": GOOD_FUSION})
+    assert open_bundle(tmp_path, "demo").manifest["fusion"] == GOOD_FUSION
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["fusion"] = fusion
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(message)):
+        open_bundle(tmp_path, "demo")
