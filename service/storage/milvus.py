@@ -5,7 +5,11 @@ model version has its own collection and an alias names the one serving (:mod:`s
 
 * start: connect (retrying until ``--ready_timeout_s``: Milvus may start after the replicas; ``/ready``
   says what it waits for), open the collection of the model's version, :func:`fill` it from the
-  collection the alias names (re-embedding what it lacks), then move the alias to it.
+  collection the alias names (re-embedding what it lacks), then move the alias to it. A collection the
+  previous release made (no BM25 field) is filled the same way into ``<its name>_bm25``, once.
+* lexical search: Milvus's BM25 function on the serving collection (:mod:`service.milvus_lexical`).
+* long documents: one vector per document, its beginning (``fill`` embeds with ``embed_bulk``, which
+  truncates; a chunked write keeps its first window): windows are not stored in Milvus yet.
 * reload: fill the new version's collection while the old one serves; at the swap, move the alias and
   fill once more with what was written meanwhile (this replica's writes, and other replicas' until
   they saw the switch).
