@@ -23,6 +23,7 @@ from pathlib import Path
 from export.bundle import BundleError, open_bundle
 from export.errors import ExportError
 from retrain.pipeline import RetrainConfig, RetrainError, retrain
+from training.analyzer import ANALYZER_NAMES
 
 # The flags' defaults are RetrainConfig's (which takes its training defaults from training.config).
 DEFAULTS = argparse.Namespace(**{f.name: f.default for f in fields(RetrainConfig) if f.default is not MISSING})
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup_steps", type=int, default=DEFAULTS.warmup_steps)
     parser.add_argument("--max_seq_length", type=int)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--analyzer", choices=ANALYZER_NAMES,
+                        help="lexical analyzer the hybrid search's α is chosen with on --eval_data "
+                             "(recorded in the bundle manifest; default: training's)")
     parser.add_argument("--report", help="also write the decision report (JSON) here")
     return parser
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from export.bundle import Bundle, BundleError, latest_version, open_bundle, validate_name, validate_version
 from export.fsutil import write_durably
 from export.registry import REPORTS, set_latest
-from export.runtime import OnnxEncoder
+from export.runtime import OnnxEncoder, TextTokenizer
 from training.config import DEFAULTS as TRAINING_DEFAULTS
 from training.config import TrainingConfig
 from training.data import DataError, QAData, QARecord, data_files, load_qa_data
@@ -72,6 +72,7 @@ class RetrainConfig:
     warmup_steps: int = 10  # retraining sets are small: a long warm-up would take most of the run
     max_seq_length: int | None = None  # default: the start model's
     seed: int = TRAINING_DEFAULTS.seed
+    analyzer: str | None = None  # lexical analyzer the hybrid's α is chosen with (default: training's)
 
 
 def retrain(config: RetrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -116,9 +117,11 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
         except ValueError as error:
             raise RetrainError(str(error)) from None
         run_training(run, QAData(tuple(train_records), data.duplicates_dropped, data.sources), log=log)
+        # The hybrid search's α travels in the manifest, chosen on the fixed evaluation set with the exported
+        # candidate (the set the gate trusts; the training run's held-out share is smaller).
         candidate_dir = export_model(str(model_dir), config.registry, config.name, variants=config.variants,
                                      eval_data=config.eval_data, include_torch=True, promote=current is None,
-                                     log=log)
+                                     analyzer=config.analyzer, fusion_from="eval_data", log=log)
     candidate = open_bundle(config.registry, config.name, candidate_dir.name)
 
     task = RetrievalTask.from_records(eval_records)
@@ -138,7 +141,10 @@ def _retrain(config: RetrainConfig, current, eval_records, fetched: Path, log: C
         **decision,
         "metrics": scores,
         "variant": config.variant,
+        # how passages were cut for the gate's scores (as the service cuts them: default stride)
+        "chunking": TextTokenizer(candidate.tokenizer_path, candidate.max_seq_length).chunking().describe(),
         "eval_data": list(config.eval_data),
+        "fusion": candidate.manifest.get("fusion"),
         "training": {"pairs": len(train_records), "excluded_eval_passage_pairs": excluded,
                      "sources": list(data.sources), "started_from": start_model},
         "config": asdict(config),
@@ -196,7 +202,8 @@ def _decide(scores: dict, tolerance: float) -> dict:
 def _score(bundle: Bundle, variant: str, task: RetrievalTask) -> dict:
     queries = OnnxEncoder.from_bundle(bundle, variant, prompt=bundle.query_prompt)
     passages = OnnxEncoder.from_bundle(bundle, variant)
-    return evaluate(task, queries.encode, passages.encode)
+    # passages chunked and scored by their best window, as the service ingests and searches them
+    return evaluate(task, queries.encode, passages.passages)
 
 
 def _current_bundle(config: RetrainConfig) -> Bundle | None:

@@ -53,7 +53,13 @@ def test_first_version_is_published_and_never_trained_on_eval_passages(registry)
     first = report(reg, "v0001")
     assert first["promoted"] and first["current"] is None
     assert first["training"]["excluded_eval_passage_pairs"] == len(split.eval)
-    assert open_bundle(reg, "qa").manifest["torch"]  # weights to continue from
+    manifest = open_bundle(reg, "qa").manifest
+    assert manifest["torch"]  # weights to continue from
+    # The hybrid search's α travels with the published bundle, chosen on the fixed evaluation set.
+    questions = len({r.question for r in split.eval})
+    assert manifest["fusion"]["chosen_on"] == f"eval data: fixed_eval.jsonl ({questions} questions)"
+    assert 0.0 <= manifest["fusion"]["alpha"] <= 1.0 and len(manifest["fusion"]["mrr@10_by_alpha"]) == 11
+    assert first["fusion"] == manifest["fusion"]
 
 
 def test_feedback_candidate_passes_worse_candidate_is_rejected_and_rollback_works(registry, tmp_path):
