@@ -1,0 +1,365 @@
+"""Search quality through the real ``/search``: dense truncated vs chunked, lexical, hybrid, RRF, per model.
+
+    python bench/bench_search_quality.py [--finetuned MODEL_DIR | --train] [--registry DIR] [--no_docs]
+                                         [--sets tquad1.dev.jsonl enelpi2020.test.jsonl] [--limit_passages N]
+
+For each model (the bundled all-MiniLM-L6-v2 base, and a MiniLM fine-tuned on the shared train file) a bundle
+is exported with ``python -m export``; then, for each evaluation set (``/work/shared/data/turkish-qa`` or
+``QAEMBED_QA_DATA``, read in place) and each chunking setting, ``python -m service`` runs on loopback with a
+fresh ``--data_dir``:
+
+* the set's unique passages are ingested through ``POST /documents`` (corpus = the set's passages, as in
+  training's evaluation), once with ``--chunk_stride 0`` (a passage longer than max_seq_length is cut to its
+  beginning) and once chunked (overlapping windows, ``--chunk_stride`` as given, else the service's default);
+* every question of the set is sent through ``POST /search`` (``top_k`` 10, batches of ``--queries_per_request``
+  questions, no text or metadata back) in each mode: ``dense``, ``lexical``, ``hybrid`` (weighted fusion, the
+  α of the bundle as ``/info`` shows it) and ``hybrid`` with ``fusion: rrf``;
+* the hits' ids are scored by :func:`training.metrics.evaluate_rankings` (MRR@10, Recall@10), the metric every
+  stage of the project shares.
+
+Cross-check: BM25 in process (:func:`training.retrieval.lexical_rankings`, as ``bench/bench_lexical.py``
+computes it) on the same corpus must give the service's lexical numbers.
+
+Goals (issue 15): hybrid MRR@10 ≥ max(dense, lexical) on both sets; chunked dense ≥ truncated dense + 5 points
+on tquad1.dev. Quality numbers do not depend on machine load (durations do; they are shown for planning).
+
+Fine-tuned model: ``--finetuned DIR`` (a ``python -m training`` model folder; its metrics.json ``fusion`` gives
+the bundle's α), or ``--train`` (trains one here: MiniLM, tquad1.train.jsonl, ``--train_pairs`` pairs, 1 epoch,
+under ``nice``). The base model has no training run: its α is chosen by ``python -m export --eval_data
+--base_eval_data`` (default enelpi2020.train.jsonl: disjoint from both evaluation sets).
+
+Writes ``docs/benchmarks/search_quality.md`` (then ``docs/benchmarks.md``, see ``bench/run_all.py``) and
+``bench/results/search_quality.json``; ``--no_docs`` (a smoke run) prints it only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import ingest  # noqa: E402  (bench/)
+from bench_service import DATA, RESULTS, ROOT, Service  # noqa: E402
+from run_all import publish  # noqa: E402
+
+from training.analyzer import DEFAULT_ANALYZER, Analyzer  # noqa: E402
+from training.data import load_qa_data  # noqa: E402
+from training.metrics import RetrievalTask, evaluate_rankings  # noqa: E402
+from training.retrieval import lexical_rankings, ranking_keys  # noqa: E402
+
+SETS = ("tquad1.dev.jsonl", "enelpi2020.test.jsonl")
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+# (row, chunking setting, request fields); "lexical" runs on both settings: they must agree (same FTS5 index)
+MODES = (
+    ("dense, truncated", "truncated", {"mode": "dense"}),
+    ("hybrid, truncated dense", "truncated", {"mode": "hybrid"}),
+    ("lexical (truncated server)", "truncated", {"mode": "lexical"}),
+    ("dense, chunked", "chunked", {"mode": "dense"}),
+    ("lexical", "chunked", {"mode": "lexical"}),
+    ("hybrid", "chunked", {"mode": "hybrid"}),
+    ("RRF", "chunked", {"mode": "hybrid", "fusion": "rrf"}),
+)
+
+
+# ------------------------------------------------------------------------------------------- data
+def task_of(path: Path, limit_passages: int | None = None) -> RetrievalTask:
+    """The set's questions and unique passages; with ``limit_passages`` only the first passages and the
+    questions whose gold passage is among them (a smoke run)."""
+    task = RetrievalTask.from_records(load_qa_data([path]).records)
+    if not limit_passages or limit_passages >= len(task.corpus):
+        return task
+    keep = [(q, frozenset(r for r in rel if r < limit_passages)) for q, rel in zip(task.queries, task.relevant)]
+    keep = [(q, rel) for q, rel in keep if rel]
+    return RetrievalTask(tuple(q for q, _ in keep), task.corpus[:limit_passages], tuple(rel for _, rel in keep))
+
+
+# ------------------------------------------------------------------------------------------- models
+def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Path], reexport: bool) -> dict:
+    """``python -m export`` of ``model_dir`` as ``registry/name`` (skipped when it exists, unless ``reexport``);
+    returns the manifest's facts this report shows."""
+    from export.bundle import open_bundle
+
+    if reexport or not (registry / name / "LATEST").exists():
+        command = [sys.executable, "-m", "export", "--model_dir", model_dir, "--registry", str(registry), "--name",
+                   name, *(["--eval_data", *map(str, eval_data)] if eval_data else [])]
+        print("$", shlex.join(command), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        print(f"exported {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    bundle = open_bundle(registry, name)
+    manifest = json.loads((bundle.path / "manifest.json").read_text()) if (bundle.path / "manifest.json").exists() \
+        else {}
+    return {"bundle": f"{name}/{bundle.version}", "max_seq_length": bundle.max_seq_length,
+            "fusion": manifest.get("fusion"), "model_dir": model_dir}
+
+
+def train_model(out: Path, pairs: int) -> Path:
+    """Fine-tune MiniLM on ``pairs`` pairs of tquad1.train.jsonl, 1 epoch, at low priority."""
+    if (out / "metrics.json").exists():
+        return out
+    command = ["nice", "-n", "10", sys.executable, "-m", "training", "--model_name", BASE, "--data_path",
+               str(DATA / "tquad1.train.jsonl"), "--max_train_samples", str(pairs), "--epochs", "1",
+               "--output_dir", str(out)]
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- service
+def find(info: dict, key: str, path: str = "") -> list[tuple[str, object]]:
+    """Every ``key`` anywhere in ``info`` (nested), with its dotted path: /info's layout is the service's."""
+    out = []
+    for k, v in info.items() if isinstance(info, dict) else ():
+        here = f"{path}.{k}" if path else k
+        if k == key:
+            out.append((here, v))
+        if isinstance(v, dict):
+            out += find(v, key, here)
+    return out
+
+
+async def search_all(url: str, queries: tuple[str, ...], fields: dict, per_request: int,
+                     clients: int) -> tuple[list[list[int]], list[dict]]:
+    """Every query through POST /search; the hits' corpus indices per query, and the raw first hit of each
+    (component scores, span) for the report."""
+    import aiohttp
+
+    ranked: list[list[int] | None] = [None] * len(queries)
+    first: list[dict] = []
+    batches = iter(range(0, len(queries), per_request))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for start in batches:
+            body = {"queries": list(queries[start:start + per_request]), "top_k": 10, "return_text": False,
+                    "return_metadata": False, **fields}
+            async with session.post(url + "/search", json=body) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"POST /search {fields} answered {r.status}: {(await r.text())[:500]}")
+                answer = await r.json()
+            for i, hits in enumerate(answer["results"]):
+                ranked[start + i] = [int(h["id"][1:]) for h in hits]
+                if hits:
+                    first.append(hits[0])
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    return ranked, first
+
+
+def run_server(bundle: dict, registry: Path, name: str, task: RetrievalTask, setting: str, args,
+               workdir: Path) -> dict:
+    """One server (one model, one set, one chunking setting): ingest the corpus, run its modes."""
+    import httpx
+
+    stride = ["--chunk_stride", "0"] if setting == "truncated" else (
+        ["--chunk_stride", str(args.chunk_stride)] if args.chunk_stride else [])
+    data = workdir / "data"
+    svc = Service.qaembed(registry, name, data, *stride, *shlex.split(args.server_args))
+    out: dict = {"server_args": stride + shlex.split(args.server_args)}
+    try:
+        svc.wait_ready()
+        docs = [{"id": f"p{i}", "text": text} for i, text in enumerate(task.corpus)]
+        seconds, _ = asyncio.run(ingest(svc.url, docs, args.batch, args.clients))
+        info = httpx.get(svc.url + "/info", timeout=30).json()
+        out.update(ingest_s=round(seconds, 1), docs_per_s=round(len(docs) / seconds, 2),
+                   index=info.get("index"), alpha=dict(find(info, "alpha")),
+                   alpha_source=dict(find(info, "alpha_source")), chunking=dict(find(info, "chunk_stride")))
+        print(f"  {setting}: ingested {len(docs)} passages in {seconds:.1f} s; index {info.get('index')}; "
+              f"α {out['alpha']} ({out['alpha_source']})", flush=True)
+        out["rows"] = {}
+        for row, row_setting, fields in MODES:
+            if row_setting != setting:
+                continue
+            t0 = time.perf_counter()
+            ranked, first = asyncio.run(search_all(svc.url, task.queries, fields, args.queries_per_request,
+                                                   args.clients))
+            metrics = evaluate_rankings(task, ranked)
+            out["rows"][row] = {"mrr@10": round(metrics["mrr@10"], 4), "recall@10": round(metrics["recall@10"], 4),
+                                "seconds": round(time.perf_counter() - t0, 1),
+                                "top_hits_with_span": sum(h.get("span") is not None for h in first),
+                                "top_hits": len(first), "fields": fields}
+            print(f"    {row}: {out['rows'][row]}", flush=True)
+    except Exception:
+        print(Path(svc.log.name).read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    finally:
+        svc.stop()
+    return out
+
+
+def run(args, workdir: Path) -> dict:
+    args.registry.mkdir(parents=True, exist_ok=True)
+    models = {"base": export_bundle(BASE, args.registry, "base", [DATA / f for f in args.base_eval_data],
+                                    args.reexport)}
+    finetuned = args.finetuned or (train_model(args.registry.parent / "quality-finetuned", args.train_pairs)
+                                   if args.train else None)
+    if finetuned:
+        models["fine-tuned"] = export_bundle(str(finetuned), args.registry, "finetuned", [], args.reexport)
+        metrics = Path(finetuned) / "metrics.json"
+        if metrics.exists():
+            models["fine-tuned"]["training"] = {k: v for k, v in json.loads(metrics.read_text()).items()
+                                                if k in ("config", "train_pairs", "data", "fusion")}
+    result: dict = {"models": models, "sets": {}}
+    analyzer = Analyzer.named(DEFAULT_ANALYZER)
+    for set_name in args.sets:
+        task = task_of(DATA / set_name, args.limit_passages)
+        bm25 = evaluate_rankings(task, ranking_keys(lexical_rankings(task, analyzer)))
+        entry = {"queries": len(task.queries), "passages": len(task.corpus),
+                 "bm25_in_process": {"mrr@10": round(bm25["mrr@10"], 4), "recall@10": round(bm25["recall@10"], 4),
+                                     "analyzer": analyzer.describe()},
+                 "models": {}}
+        print(f"{set_name}: {len(task.queries)} questions, {len(task.corpus)} passages; in-process BM25 "
+              f"{entry['bm25_in_process']}", flush=True)
+        for label, model in models.items():
+            name = model["bundle"].split("/")[0]
+            entry["models"][label] = {}
+            for setting in ("truncated", "chunked"):
+                print(f"  {label} / {setting}", flush=True)
+                where = workdir / f"{name}-{setting}-{set_name}"
+                where.mkdir()
+                entry["models"][label][setting] = run_server(model, args.registry, name, task, setting, args, where)
+                shutil.rmtree(where / "data", ignore_errors=True)
+        result["sets"][set_name] = entry
+    result["goals"] = goals(result)
+    return result
+
+
+def rows_of(per_model: dict) -> dict:
+    return {row: v for setting in per_model.values() for row, v in setting.get("rows", {}).items()}
+
+
+def goals(result: dict) -> dict:
+    out: dict = {}
+    for set_name, entry in result["sets"].items():
+        for label, per_model in entry["models"].items():
+            rows = rows_of(per_model)
+            hybrid, dense, lexical = (rows[k]["mrr@10"] for k in ("hybrid", "dense, chunked", "lexical"))
+            out[f"{label}, {set_name}: hybrid ≥ max(dense, lexical)"] = {
+                "hybrid": hybrid, "best_single": max(dense, lexical), "met": hybrid >= max(dense, lexical)}
+            if set_name.startswith("tquad1.dev"):
+                gain = rows["dense, chunked"]["mrr@10"] - rows["dense, truncated"]["mrr@10"]
+                out[f"{label}, {set_name}: chunked dense ≥ truncated + 5 points"] = {
+                    "gain_points": round(gain * 100, 1), "met": gain >= 0.05}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- report
+ROW_ORDER = ("dense, truncated", "dense, chunked", "lexical", "hybrid", "RRF", "hybrid, truncated dense")
+
+
+def alpha_cell(per_model: dict) -> str:
+    chunked = per_model.get("chunked", {})
+    alpha = next(iter(chunked.get("alpha", {}).values()), None)
+    source = next(iter(chunked.get("alpha_source", {}).values()), None)
+    return f"α = {alpha}" + (f", {source}" if source else "")
+
+
+def report(result: dict, command: str) -> list[str]:
+    models = result["models"]
+    lines = [
+        "# Search quality through /search",
+        "",
+        f"`{command}` ({result['machine']}; {result['date']}; load average {result['load_before']} before, "
+        f"{result['load_after']} after: a quality measurement, load changes durations, not the numbers; "
+        f"{result['seconds']:.0f} s in all).",
+        "",
+        "Each cell: `python -m service` on loopback with a fresh `--data_dir`, the set's unique passages "
+        "ingested through `POST /documents`, every question sent through `POST /search` (top_k 10), the hits "
+        "scored by `training.metrics.evaluate_rankings` (the metric training, the export gate and the promotion "
+        "gate share). Truncated: `--chunk_stride 0` (a passage past max_seq_length is cut to its beginning); "
+        "chunked: overlapping windows, a passage scored by its best window. Hybrid: weighted fusion of per-query "
+        "min-max normalised dense and BM25 scores with the bundle's α (shown); RRF: `\"fusion\": \"rrf\"`.",
+        "",
+        "Models:",
+        "",
+    ]
+    for label, m in models.items():
+        fusion = m.get("fusion") or {}
+        lines.append(f"* **{label}**: `{m['model_dir']}` exported as {m['bundle']} (max_seq_length "
+                     f"{m['max_seq_length']}); bundle α {fusion.get('alpha', 'none')} chosen on "
+                     f"{fusion.get('chosen_on', 'nothing (service default)')}.")
+    for set_name, entry in result["sets"].items():
+        labels = list(entry["models"])
+        lines += ["", f"## {set_name} ({entry['queries']} questions, {entry['passages']} passages)", "",
+                  "| ranker | " + " | ".join(f"{label} MRR@10 | {label} R@10" for label in labels) + " |",
+                  "|---|" + "---|---|" * len(labels)]
+        all_rows = {label: rows_of(entry["models"][label]) for label in labels}
+        for row in ROW_ORDER:
+            cells = []
+            for label in labels:
+                r = all_rows[label].get(row)
+                cells += [f"{r['mrr@10']:.3f}", f"{r['recall@10']:.3f}"] if r else ["-", "-"]
+            name = f"hybrid ({', '.join(alpha_cell(entry['models'][lb]) for lb in labels)})" if row == "hybrid" \
+                else row
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        bm = entry["bm25_in_process"]
+        check = ", ".join(f"{label} servers {all_rows[label]['lexical']['mrr@10']:.3f} / "
+                          f"{all_rows[label].get('lexical (truncated server)', {}).get('mrr@10', float('nan')):.3f}"
+                          for label in labels)
+        lines += ["", f"Cross-check: BM25 in process (`training.retrieval.lexical_rankings`, as "
+                  f"`bench/bench_lexical.py`) MRR@10 {bm['mrr@10']:.3f}, R@10 {bm['recall@10']:.3f}; the "
+                  f"service's lexical mode (chunked / truncated server): {check}."]
+        timing = []
+        for label in labels:
+            for setting, s in entry["models"][label].items():
+                rows = s.get("index") or {}
+                timing.append(f"{label} {setting}: ingest {s['ingest_s']} s ({s['docs_per_s']} passages/s, "
+                              f"{rows.get('rows', '?')} vectors for {rows.get('documents', '?')} documents)")
+        lines += ["", "Ingest: " + "; ".join(timing) + "."]
+    lines += ["", "## Goals", ""]
+    for goal, g in result["goals"].items():
+        detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
+        lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
+    return lines + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--registry", type=Path, default=RESULTS / "quality-registry",
+                   help="where the bundles base and finetuned are exported (kept: reused by the next run)")
+    p.add_argument("--finetuned", help="fine-tuned model folder (python -m training output)")
+    p.add_argument("--train", action="store_true", help="no --finetuned: train one here (tquad1.train, 1 epoch)")
+    p.add_argument("--train_pairs", type=int, default=1280)
+    p.add_argument("--reexport", action="store_true", help="export the bundles again even if they exist")
+    p.add_argument("--base_eval_data", nargs="*", default=["enelpi2020.train.jsonl"],
+                   help="files (in the data folder) on which export chooses the base model's α")
+    p.add_argument("--sets", nargs="+", default=list(SETS))
+    p.add_argument("--limit_passages", type=int, help="smoke run: the first N passages of each set")
+    p.add_argument("--chunk_stride", type=int, help="the chunked servers' --chunk_stride (default: the service's)")
+    p.add_argument("--batch", type=int, default=16, help="passages per POST /documents")
+    p.add_argument("--clients", type=int, default=2, help="concurrent clients for ingest and search")
+    p.add_argument("--queries_per_request", type=int, default=8)
+    p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
+    p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
+    args = p.parse_args()
+    command = "python bench/bench_search_quality.py " + shlex.join(sys.argv[1:])
+    load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+    try:
+        result = run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.update(machine=f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU", command=command,
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
+                  load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()), seconds=time.perf_counter() - started)
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    lines = report(result, command)
+    if args.no_docs:
+        print("\n".join(lines) + "\n(--no_docs: nothing written)")
+        return
+    publish("search_quality", result, lines, RESULTS)
+
+
+if __name__ == "__main__":
+    main()
