@@ -5,7 +5,10 @@ model and the FAISS collection that model embedded, so the two always match. Its
 the model's::
 
     documents.jsonl   one JSON object per document: id, text, metadata (service.documents.Document)
-    vectors.npy       float32 [documents, dimension], row i = line i of documents.jsonl
+    vectors.npy       float32 [rows, dimension]: one row per document (row i = line i of documents.jsonl),
+                      or, when the model chunked long documents, one per window
+    windows.json      only when chunked: {"owners": [line of documents.jsonl per row], "spans": [[start,
+                      end] | null per row]} (:mod:`training.chunking`; rows of a document are contiguous)
     index.faiss       the trained FAISS index over those rows (read back, never retrained)
     lexical.sqlite3   the BM25 index of the documents (:mod:`.bundle_lexical`; absent in bundles of the
                       previous release, which then serve dense search only)
@@ -44,23 +47,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.storage")
 
-SAVED = ("documents.jsonl", "vectors.npy", "index.faiss")
+SAVED = ("documents.jsonl", "vectors.npy", "index.faiss")  # + windows.json when chunked
+WINDOWS = "windows.json"
 
 
 def save_collection(collection: Collection, folder: Path) -> dict:
     """Write ``collection`` (tombstones compacted first) into ``folder`` as :data:`SAVED`; returns the
     manifest's ``index`` facts that :func:`load_collection` needs."""
-    if collection.rows != len(collection):
+    if collection.rows != collection.live_rows_count:
         collection.rebuild()
-    docs, vectors = collection.live()
+    docs, rows = collection.live_rows()
     with open(folder / "documents.jsonl", "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps(d.to_json(), ensure_ascii=False) + "\n")
-    np.save(folder / "vectors.npy", vectors, allow_pickle=False)
+    np.save(folder / "vectors.npy", rows.vectors, allow_pickle=False)
+    chunked = len(rows.vectors) != len(docs) or any(span is not None for span in rows.spans)
+    if chunked:
+        (folder / WINDOWS).write_text(json.dumps({"owners": rows.owners.tolist(),
+                                                  "spans": [list(s) if s else None for s in rows.spans]}))
     index = collection.index
     faiss.write_index(faiss.index_gpu_to_cpu(index.index) if index.device == "cuda" else index.index,
                       str(folder / "index.faiss"))
-    return {"type": index.kind, "documents": len(docs), "dimension": collection.dim}
+    return {"type": index.kind, "documents": len(docs), "rows": len(rows.vectors), "dimension": collection.dim}
 
 
 def load_collection(folder: Path, facts: Mapping, config: IndexConfig, model_version: str) -> Collection:
@@ -68,10 +76,16 @@ def load_collection(folder: Path, facts: Mapping, config: IndexConfig, model_ver
     dim = int(facts["dimension"])
     with open(folder / "documents.jsonl", encoding="utf-8") as f:
         docs = [Document.from_json(json.loads(line)) for line in f]
-    vectors = np.load(folder / "vectors.npy", allow_pickle=False).reshape(len(docs), dim)
+    owners = spans = None
+    if (folder / WINDOWS).is_file():  # chunked; absent: one row per document (and every older bundle)
+        windows = json.loads((folder / WINDOWS).read_text())
+        owners = np.asarray(windows["owners"], dtype=np.int64)
+        spans = [tuple(s) if s else None for s in windows["spans"]]
+    vectors = np.load(folder / "vectors.npy", allow_pickle=False).reshape(-1, dim)
     index = VectorIndex(dim, facts["type"], config, prebuilt=faiss.read_index(str(folder / "index.faiss")))
     try:
-        return Collection.from_arrays(dim, config, model_version, docs, vectors, read_only=True, prebuilt=index)
+        return Collection.from_arrays(dim, config, model_version, docs, vectors, read_only=True, prebuilt=index,
+                                      owners=owners, spans=spans)
     except ValueError as exc:
         raise ValueError(f"{folder}: {exc}") from None
 
