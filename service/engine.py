@@ -11,13 +11,9 @@ With ``--reload_interval`` the engine polls ``<registry>/<name>/LATEST`` and rel
 another version than the one serving (promotion, rollback), once per move: a version that fails to load
 is logged and counted (``qaembed_reloads_total{result="failed"}``), retried only when LATEST moves again
 or by ``POST /admin/reload``; a version loaded by hand (``{"version": ...}``) serves until LATEST moves.
+Search (dense, lexical, hybrid) is :mod:`service.search`'s, on the generation a request took.
 
-Example::
-
-    >>> engine = Engine(settings, metrics)                                     # doctest: +SKIP
-    >>> await engine.start()                                                    # doctest: +SKIP
-    >>> await engine.upsert([Document(new_document_id(), "Ankara is the capital.")])   # doctest: +SKIP
-    ['3f2a...']
+Example: ``engine = Engine(settings, metrics); await engine.start(); await engine.upsert([Document(...)])``.
 """
 
 from __future__ import annotations
@@ -35,13 +31,14 @@ import numpy as np
 
 from .backpressure import until_accepted
 from .corpus import corpus_documents
-from .documents import Document, Hit
+from .documents import Document
 from .errors import IndexUnavailable, NotFound, NotReady, ServiceError, StorageUnavailable, Unprocessable
 from .feedback import checked_record
 from .generation import Generation
 from .info import service_info
 from .metrics import ServiceMetrics
 from .model import EmbeddingModel, open_serving_model
+from .search import SearchOptions, SearchOutcome, fusion_defaults, run_search
 from .settings import Settings
 from .storage.base import Storage, Write, durability_facts
 from .storage.factory import DataDirLocked, open_storage
@@ -123,7 +120,7 @@ class Engine:
         except BaseException:
             await asyncio.to_thread(model.close)
             raise
-        self.gen = Generation(model, collection, s.index_threads)
+        self.gen = self._new_generation(model, collection)
         self._opened.push_async_callback(asyncio.to_thread, lambda: self.gen.close())  # the one serving then
         self._opened.push_async_callback(self._final_snapshot)
         if self.storage.snapshot_due():  # start-up re-embedded vectors the store should keep
@@ -148,6 +145,12 @@ class Engine:
         for start in range(0, len(new), step):
             await until_accepted(self.upsert, new[start:start + step], internal=True)
         log.info("corpus: %d passages, %d new", len(docs), len(new))
+
+    def _new_generation(self, model: EmbeddingModel, collection) -> Generation:
+        """``model`` with its collection, the storage's lexical source (the same for every model) and its α."""
+        lexical = self.storage.lexical_for(collection)
+        return Generation(model, collection, self.settings.index_threads, lexical,
+                          fusion_defaults(self.settings, model.spec, lexical))
 
     def _publish_model(self) -> None:
         info = self.gen.model.info()
@@ -200,15 +203,10 @@ class Engine:
             return Embedded(result.vectors, result.tokens, timings, gen.model.spec.name)
 
     async def search(self, queries: Sequence[str], top_k: int, where: Mapping | None,
-                     disconnected: Disconnected = None) -> tuple[list[list[Hit]], dict]:
+                     disconnected: Disconnected = None, options: SearchOptions | None = None) -> SearchOutcome:
+        """Dense, lexical or hybrid search (:mod:`service.search`) of the current generation."""
         async with self._generation() as gen:
-            result, tokenize_s = await gen.model.embed(queries, is_query=True, disconnected=disconnected)
-            t0 = time.perf_counter()
-            hits = await gen.search(result.vectors, top_k, where)
-            search_s = time.perf_counter() - t0
-            self.metrics.search_duration.observe(search_s)
-            return hits, {"tokenize_s": tokenize_s, "queue_s": result.queue_s,
-                          "inference_s": result.inference_s, "search_s": search_s, "tokens": result.tokens}
+            return await run_search(gen, queries, top_k, where, options or SearchOptions(), self.metrics, disconnected)
 
     async def get(self, doc_id: str) -> Document:
         async with self._generation() as gen:
@@ -308,8 +306,7 @@ class Engine:
                 return
             async with self._write_lock:
                 self._pending = []
-            new = Generation(model, await self.storage.next_collection(model, old, status),
-                             self.settings.index_threads)
+            new = self._new_generation(model, await self.storage.next_collection(model, old, status))
             status["state"] = "swapping"
             async with self._write_lock:
                 pending, self._pending = self._pending, None

@@ -5,6 +5,10 @@ no query embedded by one model is ever searched in an index built by another. A 
 complete new generation while the old one keeps serving, and the engine swaps the reference; the
 old generation is closed when its last request finishes (``users`` reaches 0 once ``retired``).
 
+Beside them it holds the storage's lexical (BM25) source (``lexical``): model-independent, so a reload
+hands the next generation the same one, and closing a generation never closes it (the storage does); and
+``fusion``, the hybrid search defaults its model's bundle implies (:func:`service.search.fusion_defaults`).
+
 The collection is driven from the generation's own thread(s) (``collection.workers``: one for a
 FAISS index, several for Milvus RPCs), never from the event loop. Unfiltered searches that arrive
 while one runs are coalesced into one multi-query call (one matrix product instead of many).
@@ -28,6 +32,7 @@ import numpy as np
 
 from .collection import DocumentCollection
 from .documents import Hit
+from .lexical import LexicalSource
 
 if TYPE_CHECKING:
     from .model import EmbeddingModel
@@ -36,9 +41,12 @@ if TYPE_CHECKING:
 class Generation:
     """A model and the collection embedded with it, plus the thread(s) that touch the collection."""
 
-    def __init__(self, model: EmbeddingModel, collection: DocumentCollection, search_threads: int = 1) -> None:
+    def __init__(self, model: EmbeddingModel, collection: DocumentCollection, search_threads: int = 1,
+                 lexical: LexicalSource | None = None, fusion: object = None) -> None:
         self.model = model
         self.collection = collection
+        self.lexical = lexical
+        self.fusion = fusion  # service.search.FusionDefaults (typed loosely: search imports this module)
         # OpenMP's thread count is per calling thread: set it in the index thread itself (left at the
         # default, FAISS spins up a team per search that fights inference for the cores).
         self._executor = ThreadPoolExecutor(max_workers=collection.workers,

@@ -3,12 +3,15 @@ state and storage mode (``null`` where a part does not exist yet, e.g. the model
 
 ``model`` and ``index`` describe the generation serving; ``limits`` are the request limits in force
 (``max_batch_size`` as the backend allows it, which may be below ``--max_batch_size``); ``durability``
-comes from the storage mode (:meth:`service.storage.base.Storage.durability`).
+comes from the storage mode (:meth:`service.storage.base.Storage.durability`); ``search`` holds the search
+modes and hybrid defaults: α and where it came from, the lexical source (:func:`service.search.search_info`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from .search import search_info
 
 if TYPE_CHECKING:
     from .generation import Generation
@@ -34,6 +37,7 @@ def service_info(s: Settings, gen: Generation | None, *, status: str, error: str
                    "max_seq_length": model.spec.max_seq_length if model else None},
         "queue": {"size": model.queue.size if model else 0, "capacity": s.max_queue_size},
         "durability": durability,
+        "search": search_info(s, gen),
         "reload": reload,
         "latest_watch": latest_watch,
         "auth": {"api_key": bool(s.api_key), "admin_api_key": bool(s.admin_api_key)},

@@ -150,7 +150,9 @@ def spec_from_bundle(settings: Settings, version: str | None = None) -> ModelSpe
                      quantization=quantization_mode(variant, facts), per_sequence=runs_per_sequence(variant, facts),
                      torch_model=Path(torch_model) if torch_model else None, bundle_path=bundle.path,
                      # an index bundle (service.index_bundle) also carries the documents it embedded
-                     index=bundle.manifest.get("index"))
+                     index=bundle.manifest.get("index"),
+                     # the hybrid α the bundle's training or export chose (service.search reads it)
+                     fusion=bundle.manifest.get("fusion") if isinstance(bundle.manifest.get("fusion"), dict) else None)
 
 
 def open_serving_model(settings: Settings, metrics: ServiceMetrics | None = None, version: str | None = None,

@@ -116,6 +116,7 @@ class Settings:
     # durability
     snapshot_every: int = 1000  # document writes between checks whether the FAISS index needs compacting
     analyzer: str = "tr"  # lexical analyzer of the documents in --data_dir (stored there: a restart can't change it)
+    hybrid_alpha: float | None = None  # hybrid search's α (dense weight); unset: the bundle's, else 0.5
     # model updates: poll <registry>/<name>/LATEST every this many seconds (0 = off; None = 30 unless
     # --version pins one); a new version is loaded like POST /admin/reload
     reload_interval: float | None = None
@@ -197,6 +198,9 @@ class Settings:
         add("--analyzer", choices=ANALYZER_NAMES,
             help="lexical analyzer of the documents (tr: Turkish lowercasing and stems); stored with the data: "
                  "a restart with another one is refused")
+        add("--hybrid_alpha", type=float,
+            help="hybrid /search: weight of the dense side in [0, 1] (unset: the α the model bundle records, chosen on "
+                 "data by training or export, else 0.5); a request's alpha overrides it")
         add("--reload_interval", type=float,
             help=f"seconds between checks of LATEST for a new version (0 = off; default {DEFAULT_RELOAD_INTERVAL:g}, "
                  "off when --version is pinned)")
@@ -283,6 +287,8 @@ class Settings:
             positive(name)
         for name in ("max_wait_ms", "max_queue_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
             positive(name, allow_zero=True)
+        if self.hybrid_alpha is not None and not 0.0 <= self.hybrid_alpha <= 1.0:  # nan fails too
+            raise SettingsError(f"--hybrid_alpha must be in [0, 1], got {self.hybrid_alpha}")
         if self.reload_interval is not None and not 0 <= self.reload_interval < float("inf"):
             raise SettingsError(f"--reload_interval must be >= 0 seconds, got {self.reload_interval}")
         if self.max_inputs > self.max_queue_size:

@@ -75,10 +75,11 @@ def test_search_answer_is_refused_or_within_the_budget(budget_server):
         lean = c.post("/search", json={**ATTACK, "return_metadata": False})
         assert lean.status_code == 200 and len(lean.content) <= budget
         rows = lean.json()["results"]
-        assert len(rows) == 40 and all(set(hit) == {"id", "score", "text"} for row in rows for hit in row)
+        scores = {"score", "dense_score", "lexical_score", "span"}  # span: the best window of a chunked document
+        assert len(rows) == 40 and all(set(hit) == {"id", "text", *scores} for row in rows for hit in row)
         assert rows[0][0]["id"].startswith("big-") and rows[0] == rows[39]
         bare = c.post("/search", json={"query": QUERY, "top_k": 3, "return_metadata": False, "return_text": False})
-        assert [set(hit) for hit in bare.json()["results"]] == [{"id", "score"}] * 3
+        assert [set(hit) for hit in bare.json()["results"]] == [{"id", *scores}] * 3
         # with metadata, an answer under the budget is served whole
         fits = c.post("/search", json={"queries": [QUERY] * 10, "top_k": 1})
         assert fits.status_code == 200 and 600_000 < len(fits.content) <= budget

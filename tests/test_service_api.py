@@ -308,7 +308,8 @@ def test_search_finds_the_right_passage(client, example_data):
         assert r.status_code == 200, r.text
         assert_timings(r, wall_ms, ("x-tokenization-time", "x-inference-time", "x-search-time"), ("x-queue-time",))
         for pair, hits in zip(chunk, r.json()["results"], strict=True):
-            assert [set(h) for h in hits] == [{"id", "text", "score", "metadata"}] * 3
+            assert [set(h) for h in hits] == [{"id", "text", "score", "dense_score", "lexical_score", "span",
+                                               "metadata"}] * 3
             assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
             texts = [h["text"] for h in hits]
             hits_at_1 += texts[0] == pair["answer"]

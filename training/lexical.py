@@ -57,6 +57,27 @@ class LexicalResult:
         return not self.terms
 
 
+def query_terms(analyzer: Analyzer, query: str) -> tuple[str, ...]:
+    """The analysed terms of a query, each once, in order: what :func:`match_expression` looks up."""
+    return tuple(dict.fromkeys(analyzer.terms(query)))
+
+
+def match_expression(terms: Iterable[str]) -> str:
+    """The FTS5 MATCH expression for ``terms``: their OR, every term quoted (a quote inside doubled), so it is a
+    string to FTS5, never an operator (``AND``, ``NEAR``, ``-``), a prefix (``*``), a column (``:``) or a group."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def ranked_sql(table: str) -> str:
+    """``(rowid, score)`` of the best ``?`` (LIMIT) rows of ``table`` matching ``?`` (a :func:`match_expression`),
+    best first, ties by rowid: one statement, so a reader wrapping it (a join to its documents) reads one
+    consistent snapshot."""
+    if not _IDENTIFIER.fullmatch(table):
+        raise ValueError(f"table name {table!r} is not a plain SQL identifier")
+    return (f"SELECT rowid, -bm25({table}) AS score FROM {table} WHERE {table} MATCH ? "
+            "ORDER BY score DESC, rowid LIMIT ?")
+
+
 class LexicalIndex:
     """BM25 over one FTS5 table of ``connection``; see the module docstring for keys and transactions."""
 
@@ -94,14 +115,10 @@ class LexicalIndex:
         """The ``k`` best keys for ``query``: any of its terms matches (OR), ``bm25()`` ranks, ties by key."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        terms = tuple(dict.fromkeys(self.analyzer.terms(query)))
+        terms = query_terms(self.analyzer, query)
         if not terms:
             return LexicalResult([], terms)
-        # Every term quoted (a quote inside doubled): a string to FTS5, never an operator, prefix or column.
-        expression = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
-        rows = self.connection.execute(
-            f"SELECT rowid, -bm25({self.table}) AS score FROM {self.table} WHERE {self.table} MATCH ? "
-            "ORDER BY score DESC, rowid LIMIT ?", (expression, k)).fetchall()
+        rows = self.connection.execute(ranked_sql(self.table), (match_expression(terms), k)).fetchall()
         return LexicalResult([(key, float(score)) for key, score in rows], terms)
 
     def _create_or_check(self) -> None:

@@ -50,6 +50,8 @@ class ModelSpec:
     bundle_path: Path | None = None  # the bundle's folder
     # the manifest's "index" section, for a read-only index bundle (service.index_bundle); a dict, so not hashed
     index: dict | None = field(default=None, compare=False)
+    # the manifest's "fusion" section (hybrid search's alpha, chosen on data: export.registry), or None
+    fusion: dict | None = field(default=None, compare=False)
 
 
 class Backend(ABC):

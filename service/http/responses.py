@@ -62,16 +62,48 @@ class OpenAIEmbeddings(BaseModel):
 
 
 class HitOut(BaseModel):
-    """A document found; ``text`` and ``metadata`` are left out when the request asked so."""
+    """A document found; ``text`` and ``metadata`` are left out when the request asked so. ``score`` ranks (the
+    fused score in hybrid mode, else the side's own); ``dense_score`` (cosine) and ``lexical_score`` (BM25) are
+    each side's raw score, null where that side did not list the document; ``span`` the [start, end) characters
+    of the best-scoring window of a chunked document (null: the whole document)."""
 
     id: str
     score: float
+    dense_score: float | None
+    lexical_score: float | None
+    span: list[int] | None
     text: str | None = None
     metadata: dict[str, Any] | None = None
 
 
+class Fusion(BaseModel):
+    """How a hybrid search fused its sides: ``method`` weighted (``alpha``, and ``alpha_source``: request,
+    setting, bundle or default) or rrf (``k``); ``candidates`` taken from each side."""
+
+    method: Literal["weighted", "rrf"]
+    candidates: int
+    alpha: float | None = None
+    alpha_source: Literal["request", "setting", "bundle", "default"] | None = None
+    k: int | None = None
+
+
+class Searched(BaseModel):
+    """What ran for one query: ``mode`` hybrid, dense or lexical (a hybrid query with no words left after analysis
+    ran dense, and ``note`` says why), its analysed ``terms`` (null when no lexical side ran)."""
+
+    mode: Literal["hybrid", "dense", "lexical"]
+    terms: list[str] | None
+    note: str | None
+
+
 class SearchResults(BaseModel):
-    results: list[HitOut] | list[list[HitOut]]  # "query": one list of hits; "queries": one list per query
+    """``results`` and ``searched``: for "query" a list of hits and one object, for "queries" one of each per
+    query, in order. ``mode``: the mode asked; ``fusion``: set in hybrid mode."""
+
+    results: list[HitOut] | list[list[HitOut]]
+    mode: Literal["hybrid", "dense", "lexical"]
+    fusion: Fusion | None
+    searched: Searched | list[Searched]
 
 
 class StoredIds(BaseModel):
@@ -120,7 +152,8 @@ class ReloadStatus(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------- search
-_SCORE_BYTES = 40  # ',"score":' and a float at its longest, per hit
+# ',"score":', ',"dense_score":', ',"lexical_score":' with floats at their longest, and ',"span":[start,end]'
+_SCORE_BYTES = 160
 
 
 def search_results(rows: Sequence[Sequence[Hit]], *, text: bool, metadata: bool, budget: int) -> list[list[dict]]:
@@ -141,7 +174,9 @@ def search_results(rows: Sequence[Sequence[Hit]], *, text: bool, metadata: bool,
                     f"the answer would take more than {budget} bytes (--max_response_bytes): lower top_k "
                     f"({top_k}), send fewer queries ({queries}) or leave out what you do not need "
                     f"(\"return_metadata\": false, \"return_text\": false)")
-    return [[{**_fields(h, text, metadata), "score": h.score} for h in row] for row in rows]
+    return [[{**_fields(h, text, metadata), "score": h.score, "dense_score": h.dense_score,
+              "lexical_score": h.lexical_score, "span": list(h.span) if h.span is not None else None} for h in row]
+            for row in rows]
 
 
 def _fields(hit: Hit, text: bool, metadata: bool) -> dict:

@@ -25,6 +25,7 @@ from .. import feedback as feedback_records
 from ..auth import Access
 from ..documents import Document, new_document_id
 from ..errors import NotFound, ServiceError, TooLarge, Unprocessable
+from ..search import SearchOptions
 from . import responses as out
 from .openapi import error_statuses
 from .schemas import (
@@ -85,6 +86,8 @@ def _timing_headers(t: dict) -> dict[str, str]:
                "x-inference-time": f"{t.get('inference_s', 0) * 1000:.2f}"}
     if "search_s" in t:
         headers["x-search-time"] = f"{t['search_s'] * 1000:.2f}"
+    if "lexical_s" in t:
+        headers["x-lexical-time"] = f"{t['lexical_s'] * 1000:.2f}"
     if "tokens" in t:
         headers["x-total-tokens"] = str(t["tokens"])
     return headers
@@ -138,7 +141,7 @@ async def openai_embeddings(req: OpenAIEmbeddingRequest, request: Request) -> Re
 
 # ---------------------------------------------------------------------------------------------- search
 @route("POST", "/search", Access.DATA, _EMBEDDING_ERRORS, response_model=out.SearchResults,
-       summary="Semantic search: the query instruction is applied to queries only")
+       summary="Search: hybrid (dense + BM25, fused), dense or lexical; the query instruction is applied to queries")
 async def search(req: SearchRequest, request: Request) -> Response:
     settings = request.app.state.settings
     if (req.query is None) == (req.queries is None):
@@ -148,11 +151,14 @@ async def search(req: SearchRequest, request: Request) -> Response:
     texts = [req.query] if req.query is not None else req.queries
     check_texts(texts, settings, "query" if req.query is not None else "queries")
     check_json_safe(req.filter, "filter")
-    hits, timings = await request.app.state.engine.search(texts, req.top_k, req.filter,
-                                                          disconnected=_disconnect_watcher(request))
-    results = out.search_results(hits, text=req.return_text, metadata=req.return_metadata,
+    found = await request.app.state.engine.search(texts, req.top_k, req.filter, _disconnect_watcher(request),
+                                                  SearchOptions(req.mode, req.alpha, req.fusion))
+    results = out.search_results(found.hits, text=req.return_text, metadata=req.return_metadata,
                                  budget=settings.max_response_bytes)
-    return _json({"results": results[0] if req.query is not None else results}, headers=_timing_headers(timings))
+    searched = [run.to_json() for run in found.runs]
+    one = req.query is not None
+    return _json({"results": results[0] if one else results, "mode": req.mode, "fusion": found.fusion,
+                  "searched": searched[0] if one else searched}, headers=_timing_headers(found.timings))
 
 
 # ---------------------------------------------------------------------------------------------- documents

@@ -105,6 +105,15 @@ class SearchRequest(_Model):
         None, description="metadata filter: key → value, or key → any of a list of values")
     return_text: bool = Field(True, description="false: hits without their text")
     return_metadata: bool = Field(True, description="false: hits without their metadata")
+    mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid", description="hybrid: dense and lexical (BM25) fused; dense: the model only; lexical: BM25 only "
+                              "(the model does not run)")
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="hybrid, weighted fusion: the dense side's weight (1: dense order, 0: lexical "
+                                      "order); unset: the service's (GET /info search.alpha)")
+    fusion: Literal["weighted", "rrf"] = Field(
+        "weighted", description="hybrid: weighted (alpha over per-query min-max normalised scores) or rrf "
+                                "(reciprocal rank fusion, k=60; alpha unused)")
 
 
 class DocumentIn(_Model):

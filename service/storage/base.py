@@ -18,6 +18,9 @@ Contract, per call (the engine's side in brackets):
 * feedback: :meth:`add_feedback` (durable once it returns) and :meth:`read_feedback` (oldest first).
 * upkeep (named snapshot for the engine): :meth:`snapshot_due` says when :meth:`snapshot` is worth running:
   storing vectors a re-embedding computed, compacting the index (never, in modes without a store).
+* :meth:`lexical_for` gives the lexical (BM25) source searched beside a collection (:mod:`service.lexical`):
+  asked once per generation, after :meth:`open` / :meth:`next_collection`; it is model-independent, so
+  it may be the same source every time (a reload keeps it). The storage owns it and closes it in :meth:`close`.
 * :meth:`broken` (liveness), :meth:`check` (readiness), :meth:`durability` (``/info``), :meth:`close`.
 """
 
@@ -33,6 +36,8 @@ import numpy as np
 
 from ..collection import DocumentCollection
 from ..documents import Document
+from ..errors import Unprocessable
+from ..lexical import LexicalHits, LexicalSource
 
 if TYPE_CHECKING:
     from ..generation import Generation
@@ -80,6 +85,10 @@ class Storage(ABC):
     async def catch_up(self, new: Generation, writes: Sequence[Write]) -> None:
         """At the swap: bring ``new`` up to date with ``writes`` (acknowledged while it was built, in order)."""
 
+    def lexical_for(self, collection: DocumentCollection) -> LexicalSource:
+        """The lexical source searched beside ``collection`` (see the module docstring). Default: none."""
+        return NoLexical(f"lexical search is not available with this storage ({type(self).__name__})")
+
     def refuse_writes(self, model: EmbeddingModel) -> None:  # noqa: B027 - optional hook
         """Raise a :class:`service.errors.ServiceError` when this mode takes no document writes."""
 
@@ -118,3 +127,16 @@ class Storage(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release (after the last generation closed)."""
+
+
+class NoLexical(LexicalSource):
+    """A storage mode without a lexical index: lexical search is a 422 that says why, hybrid search dense only."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def search(self, query: str, k: int) -> LexicalHits:
+        raise Unprocessable(self.reason)
+
+    def info(self) -> dict:
+        return {"engine": None, "analyzer": None, "available": False, "reason": self.reason}

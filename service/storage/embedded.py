@@ -9,6 +9,8 @@
 A reload re-embeds every live document with the new model into a new collection while the old one
 serves; the writes acknowledged meanwhile are replayed into it at the swap, embedded by the new
 model. The journal's upkeep stores the re-embedded vectors and compacts the index when worthwhile.
+The lexical index is the journal's (:meth:`~.journal.Journal.lexical_source`): words, not vectors, so
+every generation searches the same one and a reload re-indexes nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.analyzer import Analyzer
+
 from ..documents import Document
 from ..index import Collection, IndexConfig
+from ..lexical import LexicalSource
 from .base import Write
 from .journal import Journal, JournaledStorage
 
@@ -39,6 +44,11 @@ class EmbeddedStorage(JournaledStorage):
     def __init__(self, settings, journal: Journal, index_config: IndexConfig) -> None:
         super().__init__(settings, journal)
         self.index_config = index_config
+        # before any write: the memory journal indexes every write from now on
+        self.lexical = journal.lexical_source(Analyzer.named(settings.analyzer))
+
+    def lexical_for(self, collection: Collection) -> LexicalSource:
+        return self.lexical
 
     async def open(self, model: EmbeddingModel) -> Collection:
         state = await asyncio.to_thread(self.journal.recover)

@@ -8,6 +8,10 @@ A FAISS collection lives in the replica's memory, so what survives a restart is 
   directory's SQLite database (:mod:`service.store`) before it is applied. It holds the directory's
   lock (:mod:`.lock`) until closed.
 
+Each also keeps the documents' lexical index (:meth:`Journal.lexical_source`): the memory journal indexes the
+writes it is told about in an in-memory FTS5 index (:mod:`.memory_lexical`); the SQLite journal's store writes
+its FTS5 index in the document's own transaction, and searches read it through connections of their own.
+
 SQLite needs no snapshots; what the engine's snapshot hook still does is the upkeep of what the store
 and the serving collection hold apart: vectors re-embedded by another model (at a start on a new
 model, after a reload) are stored, so the next start re-embeds nothing, and the FAISS index is
@@ -28,10 +32,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.analyzer import Analyzer
+
 from ..documents import Document
+from ..lexical import LexicalSource
 from ..store import DocumentStore, RecoveredState
 from .base import Storage, Write, durability_facts
 from .lock import DataDirLock
+from .memory_lexical import MemoryLexical
 
 if TYPE_CHECKING:
     from ..generation import Generation
@@ -47,6 +55,13 @@ class Journal:
 
     def __init__(self) -> None:
         self._feedback: list[dict] = []
+        self._lexical: LexicalSource | None = None
+
+    def lexical_source(self, analyzer: Analyzer) -> LexicalSource:
+        """The documents' lexical index (one, whatever the model): here in memory, fed by :meth:`log` from now on."""
+        if self._lexical is None:
+            self._lexical = MemoryLexical(analyzer)
+        return self._lexical
 
     def recover(self) -> RecoveredState:
         """What the journal holds from before the start (here: nothing)."""
@@ -56,7 +71,12 @@ class Journal:
         """Take writes from now on; ``dirty``: vectors were re-embedded at start, the upkeep should store them."""
 
     def log(self, write: Write, model_version: str) -> None:
-        """Durable before it returns (here: nothing to make durable)."""
+        """Durable before it returns (here: nothing to make durable; the lexical index takes it)."""
+        if isinstance(self._lexical, MemoryLexical):
+            if write.deleted:
+                self._lexical.delete(write.deleted)
+            else:
+                self._lexical.upsert(write.docs)
 
     def add_feedback(self, record: dict) -> None:
         self._feedback.append(record)
@@ -73,6 +93,8 @@ class Journal:
 
     def close(self) -> None:
         """Nothing to flush."""
+        if self._lexical is not None:
+            self._lexical.close()
 
 
 class SqliteJournal(Journal):
@@ -94,6 +116,12 @@ class SqliteJournal(Journal):
 
     def recover(self) -> RecoveredState:
         return self.store.open()
+
+    def lexical_source(self, analyzer: Analyzer) -> LexicalSource:
+        """The store's FTS5 index (analysed by the store's analyzer, which ``--analyzer`` must match to open it)."""
+        if self._lexical is None:
+            self._lexical = self.store.lexical_source()
+        return self._lexical
 
     def open_log(self, dirty: bool) -> None:
         self._dirty = dirty
@@ -133,6 +161,8 @@ class SqliteJournal(Journal):
 
     def close(self) -> None:
         try:
+            if self._lexical is not None:  # the readers first: the writer's close then checkpoints the log
+                self._lexical.close()
             self.store.close()
         finally:  # the database is closed: another process may take over
             self.lock.release()
