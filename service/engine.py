@@ -224,11 +224,11 @@ class Engine:
         while True:
             async with self._generation(internal) as gen:
                 self.storage.refuse_writes(gen.model)
-                result, _ = await gen.model.embed(texts, disconnected=disconnected)
+                rows = await gen.model.embed_documents(texts, disconnected=disconnected)  # every window
                 async with self._write_lock:
                     if gen is not self.gen:  # a reload swapped models meanwhile: embed again
                         continue
-                    await self._commit(gen, Write(docs, result.vectors))
+                    await self._commit(gen, Write.of_rows(docs, rows, gen.model.layout))
                 return [d.id for d in docs]
 
     async def delete(self, doc_id: str) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from export.runtime import InputTooLong, TextTokenizer, quantization_mode, runs_per_sequence, uses_cuda
+from training.chunking import Windows, WindowVectors
 
 from .backends.base import Backend, BackendError, ModelSpec
 from .backends.factory import load_backend
@@ -50,6 +51,8 @@ class EmbeddingModel:
         self.backend = backend
         self.metrics = metrics
         self.tokenizer = TextTokenizer(spec.tokenizer_path, spec.max_seq_length, spec.query_prompt)
+        # long documents: windows from the runtime tokenizer (training.chunking, as the gates measured them)
+        self.chunking = self.tokenizer.chunking(settings.chunk_stride)
         self.queue = BatchQueue(backend, max_batch_tokens=settings.max_batch_tokens,
                                 max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000,
                                 capacity=settings.max_queue_size, metrics=metrics,
@@ -62,6 +65,29 @@ class EmbeddingModel:
     def dimension(self) -> int:
         return self.backend.dimension or self.spec.dimension
 
+    @property
+    def layout(self) -> str:
+        """How this model's document vectors are cut (stored beside them: another layout is re-embedded)."""
+        return f"dim={self.dimension} window={self.chunking.window} stride={self.chunking.stride}"
+
+    def windows(self, texts: Sequence[str]) -> Windows:
+        """The windows a document is embedded as (one, the whole text, when it fits or chunking is off)."""
+        return self.chunking.split(texts, self.tokenizer.content_offsets)
+
+    async def embed_documents(self, texts: Sequence[str], *, bulk: bool = False,
+                              disconnected: Callable[[], Awaitable[object]] | None = None,
+                              progress: Callable[[int], None] | None = None) -> WindowVectors:
+        """Every window of every document embedded (plain, no query prompt); ``bulk``: through
+        :meth:`embed_bulk` (corpus load, re-embedding), else one request."""
+        windows = self.windows(texts)
+        if bulk:
+            done = None if progress is None else (lambda n: progress(int(windows.owners[n - 1]) + 1 if n else 0))
+            vectors = await self.embed_bulk(windows.texts, progress=done)
+        else:
+            result, _ = await self.embed(windows.texts, disconnected=disconnected)
+            vectors = result.vectors
+        return WindowVectors(vectors, windows.owners, windows.spans, windows.count)
+
     def info(self) -> dict:
         per_sequence = self.spec.per_sequence and self.backend.kind == "onnx"
         return {"name": self.spec.name, "version": self.spec.version, "variant": self.backend.variant,
@@ -69,7 +95,9 @@ class EmbeddingModel:
                 "max_seq_length": self.spec.max_seq_length, "query_prompt": self.spec.query_prompt,
                 # batch-invariant either way; per sequence: dynamic int8, whose scales span a forward pass
                 "quantization": self.spec.quantization if self.backend.kind == "onnx" else "none",
-                "batching": "one sequence per pass" if per_sequence else "padded batches"}
+                "batching": "one sequence per pass" if per_sequence else "padded batches",
+                # long documents: window (content tokens) and stride (tokens between starts; 0: truncated)
+                "chunking": self.chunking.describe()}
 
     async def embed(self, texts: Sequence[str], *, is_query: bool = False, truncate: bool = True,
                     truncation_direction: str = "right",

@@ -91,6 +91,9 @@ class Settings:
     max_top_k: int = 100
     max_response_bytes: int = 8 * 1024 * 1024  # one /search answer, estimated before it is built (413 above)
     max_metadata_bytes: int = 64 * 1024  # one document's metadata as JSON (413 on upsert above)
+    # long documents: tokens between the starts of a document's windows (None: half a window; 0: no chunking,
+    # a document is embedded whole, i.e. truncated to max_seq_length)
+    chunk_stride: int | None = None
     # connections: what a slow or idle client may hold (uvicorn's limits and the body read deadline)
     keep_alive_s: float = 5.0
     max_connections: int = 1000
@@ -168,6 +171,11 @@ class Settings:
             help="size limit of one /search answer, estimated from the stored texts and metadata before it is built "
                  "(413 above: lower top_k, send fewer queries or ask without text/metadata)")
         add("--max_metadata_bytes", type=int, help="size limit of one document's metadata as JSON (413 on upsert)")
+        add("--chunk_stride", type=int,
+            help="a document longer than max_seq_length is split into windows of max_seq_length less the special "
+                 "tokens, one starting every this many tokens, each embedded; a document scores as its best window "
+                 "(default: half a window; 0: no chunking, long documents truncated). Changing it re-embeds the "
+                 "stored documents at the next start")
         add("--keep_alive_s", type=float, help="seconds an idle keep-alive connection stays open")
         add("--max_connections", type=int,
             help="connections and requests at once; beyond it uvicorn answers 503 (plain text) and closes")
@@ -287,6 +295,8 @@ class Settings:
             positive(name)
         for name in ("max_wait_ms", "max_queue_wait_ms", "intra_op_threads", "inference_workers", "nlist"):
             positive(name, allow_zero=True)
+        if self.chunk_stride is not None and self.chunk_stride < 0:
+            raise SettingsError(f"--chunk_stride must be >= 0 (0: no chunking), got {self.chunk_stride}")
         if self.hybrid_alpha is not None and not 0.0 <= self.hybrid_alpha <= 1.0:  # nan fails too
             raise SettingsError(f"--hybrid_alpha must be in [0, 1], got {self.hybrid_alpha}")
         if self.reload_interval is not None and not 0 <= self.reload_interval < float("inf"):

@@ -2,7 +2,10 @@
 
 ``<data_dir>/qaembed.sqlite3`` (stdlib :mod:`sqlite3`, WAL journal mode, ``synchronous=FULL``) holds::
 
-    documents   id, text, metadata (JSON), vector (float32 blob) + the model version that embedded it
+    documents   id, text, metadata (JSON), vector (float32 blob: one row per window of a long document,
+                :mod:`training.chunking`), spans (JSON [[start, end], ...] of the windows; NULL: one vector for
+                the whole text), layout (dimension and chunking the vectors were cut with, see
+                ``EmbeddingModel.layout``) + the model version that embedded it
     lexical     the documents' BM25 index (:class:`training.lexical.LexicalIndex`, FTS5, keyed by rowid),
                 analysed by the deployment's analyzer, whose description is stored beside it
     feedback    relevance feedback records (JSON), in the order they were stored
@@ -54,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer, AnalyzerError
+from training.chunking import WindowVectors
 from training.lexical import LexicalIndex, match_expression, query_terms, ranked_sql
 
 from .documents import Document
@@ -63,8 +67,8 @@ from .wal import LegacyCorrupt, has_legacy, move_aside, read_legacy
 log = logging.getLogger("service.store")
 
 DATABASE = "qaembed.sqlite3"
-FORMAT = 1
-_STALE = "(model_version != ? OR length(vector) != ?)"  # a vector the serving model did not compute
+FORMAT = 2  # 2: several vectors per document (windows), spans and layout columns; 1 is migrated in place
+_STALE = "(model_version != ? OR layout != ?)"  # vectors the serving model (and its chunking) did not compute
 # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL: another connection held the database too long, or the disk was full;
 # both may pass, unlike an I/O error (the primary code is the low byte of SQLite's extended one)
 _TRANSIENT = {5, 6, 13}
@@ -73,9 +77,29 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
     rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL,
-    vector BLOB NOT NULL, model_version TEXT NOT NULL);
+    vector BLOB NOT NULL, model_version TEXT NOT NULL, spans TEXT, layout TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS feedback (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
 """
+
+
+def _upgrade(con: sqlite3.Connection) -> None:
+    """Format 1 (one vector per document) → 2: the spans and layout columns (NULL: one whole-text vector; ''
+    layout: cut before chunking, which the storage checks against the model at start). Idempotent."""
+    columns = {row[1] for row in con.execute("PRAGMA table_info(documents)")}
+    if "spans" not in columns:
+        con.execute("ALTER TABLE documents ADD COLUMN spans TEXT")
+    if "layout" not in columns:
+        con.execute("ALTER TABLE documents ADD COLUMN layout TEXT NOT NULL DEFAULT ''")
+    con.execute("UPDATE store_meta SET value = ? WHERE key = 'format' AND value != ?", (str(FORMAT), str(FORMAT)))
+
+
+def _pack(rows: WindowVectors, doc: int) -> tuple[bytes, str | None]:
+    """Document ``doc``'s vectors as one float32 blob (windows × dimension) and its spans as JSON (None: one
+    whole-text vector)."""
+    mine = np.flatnonzero(rows.owners == doc)
+    spans = [rows.spans[i] for i in mine]
+    blob = np.ascontiguousarray(rows.vectors[mine], dtype="<f4").tobytes()
+    return blob, None if spans == [None] else json.dumps([list(s) for s in spans])
 
 
 class StoreError(RuntimeError):
@@ -91,8 +115,10 @@ class RecoveredState:
     """What a store holds at start: documents in write order, and their vectors."""
 
     docs: dict[str, Document] = field(default_factory=dict)
-    # id → (vector, the model version that computed it), for every document in docs
+    # id → (vectors, flat: windows × dimension float32, the model version that computed them), for every document
     embedded: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
+    # id → (layout the vectors were cut with, "" before format 2; spans of the windows, None: one whole vector)
+    windows: dict[str, tuple[str, list | None]] = field(default_factory=dict)
     migrated: bool = False  # the previous release's files were migrated by this start
 
 
@@ -137,6 +163,7 @@ class DocumentStore:
                                  f"start with the stored one (--analyzer), or index into a new --data_dir") from None
             except sqlite3.OperationalError as exc:  # "database is locked": another process writes here
                 raise StoreError(f"{self.path} is in use by another process: {exc}") from None
+            _upgrade(con)
             con.execute("INSERT OR IGNORE INTO store_meta VALUES ('format', ?)", (str(FORMAT),))
         except BaseException:
             con.close()
@@ -148,10 +175,11 @@ class DocumentStore:
             self.close()
             raise
         state = RecoveredState(migrated=migrated)
-        for doc_id, text, metadata, vector, version in con.execute(
-                "SELECT id, text, metadata, vector, model_version FROM documents ORDER BY rowid"):
+        for doc_id, text, metadata, vector, version, spans, layout in con.execute(
+                "SELECT id, text, metadata, vector, model_version, spans, layout FROM documents ORDER BY rowid"):
             state.docs[doc_id] = Document(doc_id, text, json.loads(metadata))
             state.embedded[doc_id] = (np.frombuffer(vector, dtype="<f4"), version)
+            state.windows[doc_id] = (layout, None if spans is None else [tuple(s) for s in json.loads(spans)])
         return state
 
     def _migrate(self) -> bool:
@@ -208,26 +236,32 @@ class DocumentStore:
         except sqlite3.Error as exc:  # SQLite rolls back itself at the next open
             log.error("rollback failed: %s", exc)
 
-    def _put(self, con: sqlite3.Connection, docs: Sequence[Document], vectors: np.ndarray, version: str) -> None:
-        """Insert or replace ``docs`` (a replaced one moves to the end of the write order) with their index entries."""
-        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    def _put(self, con: sqlite3.Connection, docs: Sequence[Document], vectors: np.ndarray, version: str,
+             rows: WindowVectors | None = None, layout: str = "") -> None:
+        """Insert or replace ``docs`` (a replaced one moves to the end of the write order) with their index entries;
+        ``rows``: the windows' vectors (owners index ``docs``), else ``vectors`` has one row per document."""
+        rows = rows or WindowVectors.one_each(vectors)
         for doc in docs:
             old = con.execute("SELECT rowid FROM documents WHERE id = ?", (doc.id,)).fetchone()
             if old is not None:
                 self._lexical.remove(old[0])
                 con.execute("DELETE FROM documents WHERE rowid = ?", old)
-        rows = []
-        for doc, vector in zip(docs, vectors, strict=True):
+        lexical = []
+        for i, doc in enumerate(docs):
+            blob, spans = _pack(rows, i)
             cursor = con.execute(
-                "INSERT INTO documents(id, text, metadata, vector, model_version) VALUES (?, ?, ?, ?, ?)",
-                (doc.id, doc.text, json.dumps(dict(doc.metadata), ensure_ascii=False), vector.tobytes(), version))
-            rows.append((cursor.lastrowid, doc.text))
-        self._lexical.add_many(rows)
+                "INSERT INTO documents(id, text, metadata, vector, model_version, spans, layout) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (doc.id, doc.text, json.dumps(dict(doc.metadata), ensure_ascii=False), blob, version, spans, layout))
+            lexical.append((cursor.lastrowid, doc.text))
+        self._lexical.add_many(lexical)
 
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray, model_version: str) -> None:
-        """Durably store ``docs`` with their vectors (embedded by ``model_version``) and lexical index entries."""
+    def upsert(self, docs: Sequence[Document], vectors: np.ndarray, model_version: str,
+               rows: WindowVectors | None = None, layout: str = "") -> None:
+        """Durably store ``docs`` with their vectors (embedded by ``model_version``; ``rows``: several per document,
+        cut as ``layout`` says) and lexical index entries."""
         with self._transaction() as con:
-            self._put(con, docs, vectors, model_version)
+            self._put(con, docs, vectors, model_version, rows, layout)
 
     def delete(self, ids: Iterable[str]) -> None:
         """Durably remove ``ids`` (unknown ones are ignored) and their lexical index entries."""
@@ -238,22 +272,23 @@ class DocumentStore:
                     self._lexical.remove(row[0])
                     con.execute("DELETE FROM documents WHERE rowid = ?", row)
 
-    def save_vectors(self, docs: Sequence[Document], vectors: np.ndarray, model_version: str) -> int:
-        """Store ``model_version``'s vectors of ``docs`` where another model's (or another dimension's) are
-        stored, after a re-embedding: a later start then re-embeds nothing; a document changed or deleted
-        meanwhile keeps what it has. Returns how many were replaced."""
-        vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        size = vectors.shape[1] * 4 if vectors.ndim == 2 else 0
+    def save_vectors(self, docs: Sequence[Document], vectors: np.ndarray, model_version: str,
+                     rows: WindowVectors | None = None, layout: str = "") -> int:
+        """Store ``model_version``'s vectors of ``docs`` (``rows``: windows, cut as ``layout`` says) where another
+        model's (or another layout's) are stored, after a re-embedding: a later start then re-embeds nothing; a
+        document changed or deleted meanwhile keeps what it has. Returns how many were replaced."""
+        rows = rows or WindowVectors.one_each(vectors)
         with self._transaction() as con:
-            return sum(con.execute(f"UPDATE documents SET vector = ?, model_version = ? WHERE id = ? AND {_STALE}",
-                                   (v.tobytes(), model_version, d.id, model_version, size)).rowcount
-                       for d, v in zip(docs, vectors, strict=True))
+            return sum(con.execute(
+                f"UPDATE documents SET vector = ?, spans = ?, model_version = ?, layout = ? WHERE id = ? AND {_STALE}",
+                (*_pack(rows, i), model_version, layout, d.id, model_version, layout)).rowcount
+                for i, d in enumerate(docs))
 
-    def stale_vectors(self, model_version: str, dimension: int) -> int:
-        """How many stored vectors another model version (or dimension) computed."""
+    def stale_vectors(self, model_version: str, layout: str = "") -> int:
+        """How many documents' stored vectors another model version (or layout: dimension, chunking) computed."""
         with self._lock:
             return self._connection.execute(f"SELECT count(*) FROM documents WHERE {_STALE}",
-                                            (model_version, dimension * 4)).fetchone()[0]
+                                            (model_version, layout)).fetchone()[0]
 
     def add_feedback(self, record: Mapping) -> None:
         """Durably store one feedback record (any JSON object)."""

@@ -44,8 +44,10 @@ def token_windows(offsets: Sequence[Span], window: int, stride: int) -> list[Spa
     """Character spans of the windows over a passage whose content tokens have ``offsets`` (no special tokens).
 
     A passage of at most ``window`` tokens is one window; an empty one has none. Windows start every
-    ``stride`` tokens; the last starts ``window`` tokens before the end, so every token is in a window and no
-    window is shorter than ``window`` tokens.
+    ``stride`` tokens; the last starts ``window`` tokens before the end, so every token is in a window. A window
+    never cuts a word: its start moves forward to the next word's first token and its end back to a word's last
+    (a word: tokens with no gap between their offsets), unless the window holds no word boundary at all; so a
+    window's text tokenizes into the same tokens again, and at most ``window`` of them.
     """
     if window < 1 or stride < 1:
         raise ValueError(f"window and stride must be at least 1, got {window} and {stride}")
@@ -54,9 +56,18 @@ def token_windows(offsets: Sequence[Span], window: int, stride: int) -> list[Spa
         return []
     if n <= window:
         return [(offsets[0][0], offsets[-1][1])]
+    word_start = [i == 0 or offsets[i][0] > offsets[i - 1][1] for i in range(n)] + [True]
     starts = list(range(0, n - window, stride))
     starts.append(n - window)
-    return [(offsets[s][0], offsets[s + window - 1][1]) for s in dict.fromkeys(starts)]
+    spans: list[Span] = []
+    for nominal in starts:
+        start = next((i for i in range(nominal, min(nominal + window, n)) if word_start[i]), nominal)
+        end = min(nominal + window, n)  # exclusive token index
+        end = next((j for j in range(end, start, -1) if word_start[j]), end)
+        span = (offsets[start][0], offsets[end - 1][1])
+        if not spans or span != spans[-1]:
+            spans.append(span)
+    return spans
 
 
 def best_per_owner(scores: np.ndarray, owners: np.ndarray, n_owners: int) -> np.ndarray:

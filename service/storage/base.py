@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.chunking import WindowVectors
+
 from ..collection import DocumentCollection
 from ..documents import Document
 from ..errors import Unprocessable
@@ -46,15 +48,32 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Write:
-    """One acknowledged document change: an upsert (``docs`` with their ``vectors``) or a delete (``deleted``)."""
+    """One acknowledged document change: an upsert (``docs`` with their ``vectors``) or a delete (``deleted``).
+
+    A chunked upsert's ``rows`` are its windows (:class:`training.chunking.WindowVectors`: ``vectors`` is
+    ``rows.vectors``, ``rows.owners`` index ``docs``), cut as ``layout`` says (``EmbeddingModel.layout``).
+    """
 
     docs: Sequence[Document] = ()
     vectors: np.ndarray | None = None
     deleted: Sequence[str] = ()
+    rows: WindowVectors | None = None
+    layout: str = ""
+
+    @classmethod
+    def of_rows(cls, docs: Sequence[Document], rows: WindowVectors, layout: str) -> Write:
+        return cls(docs, rows.vectors, rows=rows, layout=layout)
+
+    @property
+    def chunked(self) -> bool:
+        """Some document of the write has several windows."""
+        return self.rows is not None and (len(self.rows.vectors) != len(self.docs) or any(self.rows.spans))
 
     def apply(self, collection: DocumentCollection) -> None:
         if self.deleted:
             collection.delete(self.deleted)
+        elif self.rows is not None and self.chunked:
+            collection.upsert(self.docs, self.rows.vectors, self.rows.owners, self.rows.spans)
         else:
             collection.upsert(self.docs, self.vectors)
 

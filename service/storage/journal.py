@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from training.analyzer import Analyzer
+from training.chunking import WindowVectors
 
 from ..documents import Document
 from ..lexical import LexicalSource
@@ -130,7 +131,7 @@ class SqliteJournal(Journal):
         if write.deleted:
             self.store.delete(write.deleted)
         else:
-            self.store.upsert(write.docs, write.vectors, model_version)
+            self.store.upsert(write.docs, write.vectors, model_version, write.rows, write.layout)
         self._writes += 1
 
     def add_feedback(self, record: dict) -> None:
@@ -151,12 +152,13 @@ class SqliteJournal(Journal):
         async with lock:  # the collection read whole, with no write in between
             gen = current()
             await storage.compact(gen)
-            stale = await asyncio.to_thread(self.store.stale_vectors, gen.version, gen.model.dimension)
+            stale = await asyncio.to_thread(self.store.stale_vectors, gen.version, gen.model.layout)
             if not stale:
                 return
-            docs, vectors = await storage.serving_documents(gen)
-        # outside the lock: a write since stores this model's vector itself, and save_vectors leaves it be
-        saved = await asyncio.to_thread(self.store.save_vectors, docs, vectors, gen.version)
+            docs, rows = await storage.serving_documents(gen)
+        # outside the lock: a write since stores this model's vectors itself, and save_vectors leaves it be
+        saved = await asyncio.to_thread(self.store.save_vectors, docs, rows.vectors, gen.version, rows,
+                                        gen.model.layout)
         log.info("stored %d vectors re-embedded by %s", saved, gen.version)
 
     def close(self) -> None:
@@ -175,10 +177,10 @@ class JournaledStorage(Storage):
         super().__init__(settings)
         self.journal = journal
 
-    async def serving_documents(self, gen: Generation) -> tuple[list[Document], np.ndarray]:
-        """The documents ``gen`` serves and their vectors, when they are this storage's (called on the event
-        loop, under the write lock)."""
-        return [], np.empty((0, gen.model.dimension), np.float32)
+    async def serving_documents(self, gen: Generation) -> tuple[list[Document], WindowVectors]:
+        """The documents ``gen`` serves and their vectors (windows), when they are this storage's (called on the
+        event loop, under the write lock)."""
+        return [], WindowVectors.one_each(np.empty((0, gen.model.dimension), np.float32))
 
     async def compact(self, gen: Generation) -> None:
         """Compact ``gen``'s index when worthwhile (called on the event loop, under the write lock)."""
