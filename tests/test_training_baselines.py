@@ -50,6 +50,7 @@ def test_metrics_json_holds_four_rankers_and_the_chosen_alpha(trained):
     assert fusion["mrr@10_by_alpha"]["0.0"] == metrics["bm25"]["mrr@10"]
     assert fusion["mrr@10_by_alpha"]["1.0"] == metrics["finetuned"]["mrr@10"]
     assert Analyzer.from_description(fusion["analyzer"]) == Analyzer.named("tr")
+    assert set(metrics["chunking"]) == {"window", "stride"}  # dense scored passages as the service does
 
     # BM25's numbers are those of the held-out split the run saved, recomputed here independently
     held_out = RetrievalTask.from_records(load_qa_data([out / "eval_data.jsonl"]).records)

@@ -54,6 +54,7 @@ def test_retrain_takes_its_training_defaults_from_training_config():
     (["--learning_rate", "0"], "--learning_rate must be positive"),
     (["--train_split", "1.5"], "--train_split must be in"),
     (["--num_negatives", "-1"], "must not be negative"),
+    (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
 ])
 def test_bad_values_are_refused_naming_the_flag(flags, message):
     with pytest.raises(ValueError, match=message):
@@ -63,3 +64,20 @@ def test_bad_values_are_refused_naming_the_flag(flags, message):
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="unknown preset 'gte'"):
         preset_config("gte")
+
+
+def test_max_train_samples_takes_a_seeded_sample_of_the_train_side_only():
+    from training.data import QARecord
+    from training.pipeline import _limit_train
+    from training.split import split_by_passage
+
+    split = split_by_passage([QARecord(f"q{i}", f"p{i % 40}") for i in range(200)], 0.8, seed=1)
+    config = config_for("--max_train_samples", "50", "--seed", "7")
+    assert config.max_train_samples == 50
+    limited = _limit_train(split, config)
+    assert len(limited.train) == 50 and limited.eval == split.eval  # the held-out split is kept whole
+    assert set(limited.train) <= set(split.train)
+    assert [split.train.index(r) for r in limited.train] == sorted(split.train.index(r) for r in limited.train)
+    assert _limit_train(split, config) == limited  # same seed, same sample
+    assert _limit_train(split, config_for("--max_train_samples", "50", "--seed", "8")).train != limited.train
+    assert _limit_train(split, config_for()) is split

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
     p.add_argument("--mini_batch_size", type=int, default=DEFAULTS.mini_batch_size, help="with --loss cached_mnrl")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--max_train_samples", type=int,
+                   help="train on a seeded sample of this many pairs of the train split (the held-out split is "
+                        "kept whole): a quick, comparable run on a large file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--test_only", action="store_true",
                    help="evaluate the model in --output_dir on --data_path (default: its held-out split)")
@@ -105,7 +108,7 @@ def _training_config(args) -> TrainingConfig:
     """The preset's config with every flag the user gave (an unset flag is ``None`` and keeps the preset's)."""
     fields = ("model_name", "output_dir", "epochs", "batch_size", "learning_rate", "warmup_steps", "max_seq_length",
               "train_split", "num_negatives", "pooling_mode", "query_instruction", "loss", "mini_batch_size", "seed",
-              "negatives_range_min", "negatives_range_max", "negatives_margin", "negatives_from")
+              "negatives_range_min", "negatives_range_max", "negatives_margin", "negatives_from", "max_train_samples")
     overrides = {name: getattr(args, name) for name in fields}
     if args.no_instructions:
         overrides["query_instruction"] = ""

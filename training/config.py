@@ -63,6 +63,7 @@ class TrainingConfig:
     negatives_margin: float = 0.05  # skip candidates above (1 - margin) × the positive's score (likely positives)
     negatives_from: str = "model"  # who ranks the mining candidates: "model" (the base model) or "bm25"
     resume: bool = False  # continue an interrupted run from its last checkpoint
+    max_train_samples: int | None = None  # train on at most this many pairs of the train split (seeded sample)
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the flag of a value the run cannot use.
@@ -85,6 +86,8 @@ class TrainingConfig:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.train_split <= 1.0:
             raise ValueError(f"--train_split must be in (0, 1], got {self.train_split}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max_train_samples must be at least 1, got {self.max_train_samples}")
         if self.num_negatives < 0 or (self.warmup_steps or 0) < 0:
             raise ValueError("--num_negatives and --warmup_steps must not be negative")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +31,7 @@ from training.metrics import RetrievalTask, evaluate
 from training.models import ModelLoadError, load_base_model
 from training.negatives import NegativeMiner
 from training.retrieval import compare_retrievers
-from training.split import split_by_passage
+from training.split import Split, split_by_passage
 
 EVAL_DATA_FILE = "eval_data.jsonl"  # the held-out split, in the guide's JSONL format
 MODEL_FOLDER_FILES = ("metrics.json", "config_sentence_transformers.json")  # every finished run writes both
@@ -41,7 +42,7 @@ def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)
     work_dir = Path(f"{output_dir}.partial")
-    split = split_by_passage(data.records, config.train_split, config.seed)
+    split = _limit_train(split_by_passage(data.records, config.train_split, config.seed), config)
     eval_task = RetrievalTask.from_records(split.eval) if split.eval else None
 
     model = load_base_model(config.model_name, config.pooling_mode, config.max_seq_length, config.query_instruction)
@@ -75,6 +76,7 @@ def run_training(config: TrainingConfig, data: QAData, log=print) -> dict:
         "finetuned": retrievers.get("dense"),
         "hybrid": retrievers.get("hybrid"),
         "fusion": retrievers.get("fusion"),
+        "chunking": encoder.chunking.describe(),  # how dense scored passages longer than max_seq_length
         "data": summary,
         "config": asdict(config),
         "training": {
@@ -116,6 +118,15 @@ def check_output_dir(output_dir: Path) -> None:
             f"--output_dir {output_dir} is not empty and is not a model folder written by python -m training "
             f"(it lacks {' or '.join(MODEL_FOLDER_FILES)}); the run would replace it: choose a new or empty folder"
         )
+
+
+def _limit_train(split: Split, config: TrainingConfig) -> Split:
+    """``--max_train_samples``: a seeded sample of the train side, in its order; the held-out side is kept whole."""
+    limit = config.max_train_samples
+    if limit is None or limit >= len(split.train):
+        return split
+    keep = sorted(random.Random(config.seed).sample(range(len(split.train)), limit))
+    return Split(tuple(split.train[i] for i in keep), split.eval, split.negatives_removed)
 
 
 def data_summary(data: QAData, tokenizer, max_seq_length: int) -> dict:
@@ -161,7 +172,7 @@ def test_saved_model(model_dir: str, data_paths: list[str] | None, base_model: s
                 else Analyzer.named(DEFAULT_ANALYZER))
     retrievers = compare_retrievers(task, finetuned.queries, finetuned.passages, analyzer, fusion.get("alpha"))
     result = {"bm25": retrievers["bm25"], "base": None, "finetuned": retrievers["dense"],
-              "hybrid": retrievers["hybrid"], "fusion": retrievers["fusion"]}
+              "hybrid": retrievers["hybrid"], "fusion": retrievers["fusion"], "chunking": finetuned.chunking.describe()}
     if base_name:
         try:
             # The base model as training configured it: same pooling, length and query instruction.
@@ -256,7 +267,7 @@ def _summary_text(s: dict) -> str:
 
 def _sample_answers(encoder: SentenceEncoder, task: RetrievalTask, samples: int) -> str:
     queries = list(task.queries[:samples])
-    scores = encoder.queries(queries) @ encoder.passages(list(task.corpus)).T
+    scores = encoder.passages(list(task.corpus)).best(encoder.queries(queries))  # a passage: its best window
     lines = ["Sample questions and their top answers:"]
     for query, row in zip(queries, scores):
         lines.append(f"\nQ: {query}")

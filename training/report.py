@@ -111,8 +111,8 @@ def model_card(report: dict) -> str:
         f"{data['unique_passages']} unique passages, {data['explicit_negatives']} explicit negatives",
         f"- split by passage (seed {config['seed']}): {data['train_pairs']} training pairs, "
         f"{data['eval_pairs']} held-out pairs over {data['eval_passages']} passages never trained on",
-        f"- passages longer than max_seq_length={config['max_seq_length']} tokens (truncated): "
-        f"{data['passages_truncated_pct']:.1f} %",
+        f"- passages longer than max_seq_length={config['max_seq_length']} tokens: "
+        f"{data['passages_truncated_pct']:.1f} % ({_chunking_text(report.get('chunking'))})",
         "",
         "## Configuration",
         "",
@@ -137,6 +137,13 @@ def model_card(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _chunking_text(chunking: dict | None) -> str:
+    if not chunking or not chunking.get("stride"):
+        return "truncated for training and evaluation"
+    return (f"truncated for training; evaluation scores a passage by its best window of {chunking['window']} tokens, "
+            f"stride {chunking['stride']}, as the service searches")
 
 
 def _metric(results: dict, ranker: str, name: str) -> float | None:
