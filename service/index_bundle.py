@@ -5,9 +5,10 @@
 sha256-checked, ``LATEST`` moved atomically). The bundle carries the model's files (hard links when
 the registry allows) *and* the FAISS collection built with it::
 
-    manifest.json      the model's facts + "index": {type, documents, dimension, corpus, model, lexical}
+    manifest.json      the model's facts + "index": {type, documents, rows, dimension, corpus, model, chunking,
+                       lexical}
     model*.onnx, tokenizer.json, ...     the model that embedded the documents
-    documents.jsonl, vectors.npy, index.faiss   service.storage.bundle.save_collection
+    documents.jsonl, vectors.npy, [windows.json,] index.faiss   service.storage.bundle.save_collection
     lexical.sqlite3    the BM25 index (FTS5, ``--analyzer``), service.storage.bundle_lexical.save_lexical
 
 A replica serves it with ``python -m service --registry R --name <index name>`` (the storage mode of
@@ -66,12 +67,13 @@ def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_v
                               max_queue_size=4096, index=index)
     docs = corpus_documents(corpus)
     loaded = open_serving_model(settings)
-    try:
-        vectors = asyncio.run(loaded.embed_bulk([d.text for d in docs]))
+    try:  # long passages as the service embeds them: every window (training.chunking)
+        rows = asyncio.run(loaded.embed_documents([d.text for d in docs], bulk=True))
+        chunking = loaded.chunking.describe()
     finally:
         loaded.close()
     collection = Collection.from_arrays(source.dimension, IndexConfig.from_settings(settings), source.version,
-                                        docs, vectors)
+                                        docs, rows.vectors, owners=rows.owners, spans=rows.spans)
     staging = new_staging_dir(registry, name)
     try:
         for relative in source.manifest["files"]:  # the model travels with its vectors
@@ -83,8 +85,8 @@ def build(registry: Path, model: str, name: str, corpus: Sequence[Path], model_v
                 shutil.copy2(source.path / relative, target)
         facts = {k: v for k, v in source.manifest.items() if k not in _IDENTITY}
         facts["index"] = {**save_collection(collection, staging), "corpus": [p.name for p in corpus],
-                          "model": {"name": source.name, "version": source.version}}
-        facts["index"]["lexical"] = save_lexical(collection.live()[0], staging, words)
+                          "model": {"name": source.name, "version": source.version}, "chunking": chunking}
+        facts["index"]["lexical"] = save_lexical(collection.live_rows()[0], staging, words)
         return publish(staging, facts, promote=promote)
     except BaseException:
         discard_staging(staging)

@@ -24,6 +24,9 @@ DOCS = [Document("istanbul", "İSTANBUL'daki Işıklar gece yanar.", {"lang": "t
         Document("kahve", "Türk kahvesi cezvede pişirilir; kahve köpüklü olur.", {"lang": "tr"}),
         Document("scripts", "漢字 ไทยภาษา العربية x2a 2024", {"lang": "xx"}),
         Document("syntax", 'Bir "alıntı" AND NEAR * - içeren belge.', {"lang": "tr"})]
+# longer than the model's max_seq_length: chunked into windows; the last one holds the answer
+LONG = " ".join(f"Bölüm {i}: tarım, sanayi ve ticaret üzerine genel bir paragraf." for i in range(120)) + \
+    " Polar bears hunt seals at the edge of the Arctic sea ice."
 # user text that is query syntax to FTS5 or looks like a Milvus filter expression
 SYNTAX = ['"', '"*', 'kahve" OR "x', "NEAR(kahve ankara)", "AND", "-kahve", 'id in ["ankara"]',
           "text like '%'", "kahve) or (1 == 1", "\\", "*", ""]
@@ -186,7 +189,9 @@ def bundles(exported_bundle, example_data, tmp_path_factory):
     source, model = exported_bundle
     registry = tmp_path_factory.mktemp("bundles") / "registry"
     shutil.copytree(source / model, registry / model)
-    build(registry, model, "faq", [example_data])
+    long_file = registry.parent / "long.json"
+    long_file.write_text(json.dumps([{"question": "Kutup ayıları ne avlar?", "answer": LONG}], ensure_ascii=False))
+    build(registry, model, "faq", [example_data, long_file])
     first = open_bundle(registry, "faq")
     staging = new_staging_dir(registry, "faq")
     for relative in first.manifest["files"]:
@@ -207,7 +212,10 @@ def test_bundle_carries_a_hashed_read_only_lexical_index(bundles, example_data):
     facts = bundle.manifest["index"]["lexical"]
     assert facts["file"] in bundle.manifest["files"] and facts["analyzer"] == Analyzer.named("tr").describe()
     pairs = json.loads(example_data.read_text())
-    assert facts["documents"] == bundle.manifest["index"]["documents"] == len({p["answer"] for p in pairs})
+    assert facts["documents"] == bundle.manifest["index"]["documents"] == len({p["answer"] for p in pairs}) + 1
+    index = bundle.manifest["index"]
+    assert index["rows"] > index["documents"] and "windows.json" in bundle.manifest["files"]  # LONG is chunked
+    assert index["chunking"]["stride"] > 0
     before = (first.path / "lexical.sqlite3").read_bytes()
     lexical = BundleLexical(first.path / facts["file"], facts)
     try:
@@ -223,3 +231,78 @@ def test_bundle_carries_a_hashed_read_only_lexical_index(bundles, example_data):
         lexical.close()
     assert (first.path / "lexical.sqlite3").read_bytes() == before  # read-only: nothing written
     assert sorted(p.name for p in first.path.iterdir() if p.name.startswith("lexical")) == ["lexical.sqlite3"]
+
+
+def test_bundle_modes_through_the_service_and_an_older_bundle(bundles, example_data):
+    """A replica serving the bundle answers lexical and hybrid search from lexical.sqlite3; reloaded onto the
+    previous release's bundle (no lexical index) it serves dense, says why in /info, refuses lexical mode (422)
+    and answers hybrid with dense only, saying so per query."""
+    import httpx
+
+    from tests.test_distributed import wait_reload
+    from tests.test_service_api import ServerThread, assert_error, settings_for
+
+    registry, first = bundles
+    pairs = json.loads(example_data.read_text())
+    srv = ServerThread(settings_for((registry, "faq"))).start()
+    try:
+        c = httpx.Client(base_url=srv.url, timeout=60)
+        assert c.get("/info").json()["search"]["lexical"]["analyzer"] == Analyzer.named("tr").describe()
+        answer = pairs[0]["answer"]
+        r = c.post("/search", json={"query": answer, "top_k": 3, "mode": "lexical"})
+        assert r.status_code == 200, r.text
+        top = r.json()["results"][0]
+        assert top["text"] == answer and top["lexical_score"] > 0 and top["dense_score"] is None
+        hybrid = c.post("/search", json={"query": pairs[1]["question"], "top_k": 5}).json()
+        assert hybrid["searched"]["mode"] == "hybrid" and hybrid["searched"]["terms"]
+        assert any(h["lexical_score"] is not None for h in hybrid["results"])
+        found = c.post("/search", json={"query": "What do polar bears hunt on the Arctic sea ice?", "top_k": 20,
+                                        "mode": "dense"}).json()["results"]
+        long_hit = next(h for h in found if h["text"] == LONG)  # scored by its best window: the last one
+        assert long_hit["span"][1] == len(LONG) and long_hit["span"][0] > 0
+        for query in SYNTAX:
+            assert c.post("/search", json={"query": query or ".", "mode": "lexical"}).status_code == 200, query
+
+        assert c.post("/admin/reload", json={"version": "v0002"}).status_code == 202  # the older bundle
+        assert wait_reload(c)["state"] == "done"
+        info = c.get("/info").json()
+        assert info["model"]["version"] == "v0002" and info["search"]["lexical"]["available"] is False
+        assert "no lexical index" in info["search"]["lexical"]["note"]
+        err = assert_error(c.post("/search", json={"query": answer, "mode": "lexical"}), 422)
+        assert "build-index" in err["message"]
+        dense = c.post("/search", json={"query": answer, "top_k": 3})
+        assert dense.status_code == 200 and dense.json()["results"][0]["text"] == answer
+        searched = dense.json()["searched"]
+        assert searched["mode"] == "dense" and "no lexical index" in searched["note"]
+    finally:
+        srv.stop()
+
+
+def test_hybrid_and_lexical_modes_through_the_service_on_milvus(exported_bundle, example_data, tmp_path):
+    import httpx
+
+    from tests.test_service_api import ServerThread, assert_error, settings_for
+
+    srv = ServerThread(settings_for(exported_bundle, corpus=[example_data], index="milvus",
+                                    milvus_uri=str(tmp_path / "milvus.db"), milvus_index_type="FLAT")).start()
+    try:
+        c = httpx.Client(base_url=srv.url, timeout=60)
+        assert c.get("/info").json()["search"]["lexical"]["engine"] == "milvus bm25"
+        docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in DOCS]
+        assert c.post("/documents", json={"documents": docs}).status_code == 200
+        r = c.post("/search", json={"query": "IŞIKLAR", "mode": "lexical", "top_k": 3})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["results"]] == ["istanbul"] and r.json()["searched"]["terms"] == ["ışıkl"]
+        hybrid = c.post("/search", json={"query": "İstanbul'un ışıkları", "top_k": 3, "alpha": 0.3}).json()
+        assert hybrid["results"][0]["id"] == "istanbul" and hybrid["fusion"]["alpha"] == 0.3
+        assert hybrid["results"][0]["lexical_score"] > 0 and hybrid["results"][0]["dense_score"] is not None
+        filtered = c.post("/search", json={"query": "kahve ankara", "mode": "lexical", "filter": {"lang": "xx"}})
+        assert filtered.json()["results"] == []
+        for query in SYNTAX:
+            for mode in ("lexical", "hybrid"):
+                assert c.post("/search", json={"query": query or ".", "mode": mode}).status_code == 200, query
+        assert c.delete("/documents/istanbul").status_code == 200
+        assert c.post("/search", json={"query": "ışıklar", "mode": "lexical"}).json()["results"] == []
+        assert_error(c.post("/search", json={"query": "x", "mode": "bm25"}), 422)
+    finally:
+        srv.stop()
