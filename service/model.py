@@ -83,9 +83,12 @@ class EmbeddingModel:
         if bulk:
             done = None if progress is None else (lambda n: progress(int(windows.owners[n - 1]) + 1 if n else 0))
             vectors = await self.embed_bulk(windows.texts, progress=done)
-        else:
-            result, _ = await self.embed(windows.texts, disconnected=disconnected)
-            vectors = result.vectors
+        else:  # in parts the queue can take: long documents may have more windows than it holds
+            vectors = np.empty((len(windows.texts), self.dimension), dtype=np.float32)
+            step = max(1, self.queue.capacity // 2)
+            for start in range(0, len(windows.texts), step):
+                result, _ = await self.embed(windows.texts[start:start + step], disconnected=disconnected)
+                vectors[start:start + len(result.vectors)] = result.vectors
         return WindowVectors(vectors, windows.owners, windows.spans, windows.count)
 
     def info(self) -> dict:

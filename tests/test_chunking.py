@@ -156,7 +156,8 @@ def search(client, query: str = QUERY, top_k: int = 4) -> list[dict]:
 def test_service_finds_the_end_of_a_long_document_once_keeps_its_windows_and_deletes_them(short_registry, tmp_path):
     registry, name = short_registry
     data = tmp_path / "data"
-    svc = ServiceProcess(registry, name, data)
+    # a queue of 16 texts: the long document's ~20 windows are embedded in parts, not refused as too many
+    svc = ServiceProcess(registry, name, data, "--max_queue_size", "16", "--max_inputs", "4")
     try:
         c = svc.wait_ready()
         info = c.get("/info").json()
