@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from training.analyzer import Analyzer
+from training.analyzer import Analyzer, AnalyzerError
 
 from . import milvus_lexical as bm25
 from .collection import DocumentCollection
@@ -150,8 +150,12 @@ class MilvusStore(MilvusFeedback):
         described = self.call(self.client.describe_collection, name)
         dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
         version = described.get("properties", {}).get("qaembed.model_version", "")
-        lexical = bm25.has_lexical_fields(described)
-        analyzer = bm25.recorded_analyzer(described.get("properties", {})) if lexical else None
+        analyzer = None
+        if bm25.has_lexical_fields(described):
+            try:
+                analyzer = bm25.recorded_analyzer(described.get("properties", {}))
+            except AnalyzerError:  # another release's analyzer: still readable as a fill source, not searchable
+                log.warning("collection %s records an analyzer this release does not know", name)
         return MilvusCollection(self, name, dim, version, analyzer)
 
     def serving(self) -> str | None:

@@ -121,7 +121,14 @@ def test_another_analyzer_on_an_existing_collection_is_refused(milvus_dir, store
     try:
         with pytest.raises(AnalyzerError, match="analyzer"):
             other.open("v0001", DIM)
-        assert other.open("v0009", DIM).lexical().info()["analyzer"]["name"] == "en"  # a new collection: fine
+        newer = other.open("v0009", DIM)  # a new collection: fine
+        assert newer.lexical().info()["analyzer"]["name"] == "en"
+        # a collection another release's analyzer built: readable as a fill source, refused as this one's
+        future = json.dumps({**Analyzer.named("en").describe(), "version": 99})
+        other.client.alter_collection_properties(newer.name, properties={"qaembed.analyzer": future})
+        assert other.attach(newer.name).analyzer is None
+        with pytest.raises(AnalyzerError, match="another release"):
+            other.open("v0009", DIM)
     finally:
         other.close()
 
