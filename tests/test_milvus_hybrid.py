@@ -286,11 +286,16 @@ def test_bundle_modes_through_the_service_and_an_older_bundle(bundles, example_d
 
 
 def test_hybrid_and_lexical_modes_through_the_service_on_milvus(exported_bundle, example_data, tmp_path):
+    import shutil
+
     import httpx
 
-    from tests.test_service_api import ServerThread, assert_error, settings_for
+    from tests.test_distributed import wait_reload
+    from tests.test_service_api import ServerThread, _add_version, assert_error, settings_for
 
-    srv = ServerThread(settings_for(exported_bundle, corpus=[example_data], index="milvus",
+    source, model = exported_bundle
+    shutil.copytree(source / model, tmp_path / "registry" / model)  # private: a new version is published below
+    srv = ServerThread(settings_for((tmp_path / "registry", model), corpus=[example_data], index="milvus",
                                     milvus_uri=str(tmp_path / "milvus.db"), milvus_index_type="FLAT")).start()
     try:
         c = httpx.Client(base_url=srv.url, timeout=60)
@@ -311,5 +316,15 @@ def test_hybrid_and_lexical_modes_through_the_service_on_milvus(exported_bundle,
         assert c.delete("/documents/istanbul").status_code == 200
         assert c.post("/search", json={"query": "ışıklar", "mode": "lexical"}).json()["results"] == []
         assert_error(c.post("/search", json={"query": "x", "mode": "bm25"}), 422)
+
+        # a model change re-embeds into a new collection: its BM25 index is filled with the documents too
+        second = _add_version(tmp_path / "registry", model)
+        assert c.post("/admin/reload", json={}).status_code == 202
+        assert wait_reload(c)["state"] == "done"
+        info = c.get("/info").json()
+        assert info["index"]["collection"].endswith(second) and info["search"]["lexical"]["collection"].endswith(second)
+        found = c.post("/search", json={"query": "köpüklü kahve", "mode": "lexical", "top_k": 1}).json()["results"]
+        assert [h["id"] for h in found] == ["kahve"]
+        assert c.post("/search", json={"query": "ışıklar", "mode": "lexical"}).json()["results"] == []
     finally:
         srv.stop()
