@@ -185,6 +185,24 @@ def test_in_memory_lexical_index_follows_replacements_and_deletes(client):
     assert "tmp" not in ids(search(client, "penguen", top_k=50)["results"])
 
 
+def test_a_long_document_is_one_hit_with_its_best_window(client):
+    """Chunked on ingest (~1,800 characters: over max_seq_length, under max_input_chars): hybrid returns the
+    document once, with the span of its best window (from the dense side)."""
+    filler = " ".join(f"Anadolu'nun {i}. köyünde buğday, arpa ve mercimek ekilir." for i in range(30))
+    text = filler + " En sonda Zeytindağı'nın yamaçlarında eski bir zeytinlik vardır."
+    assert client.post("/documents", json={"documents": [{"id": "long", "text": text}]}).status_code == 200
+    try:
+        hits = search(client, "Zeytindağı yamaçlarında zeytinlik", top_k=50)["results"]
+        assert ids(hits).count("long") == 1
+        hit = next(h for h in hits if h["id"] == "long")
+        assert hit["lexical_score"] is not None and hit["dense_score"] is not None
+        start, end = hit["span"]
+        assert 0 <= start < end <= len(text) and end - start < len(text)  # a window, not the whole text
+        assert search(client, "Zeytindağı", mode="lexical")["results"][0]["span"] is None  # no vectors there
+    finally:
+        client.delete("/documents/long")
+
+
 def test_info_says_where_alpha_comes_from(client):
     info = client.get("/info").json()["search"]
     assert info["alpha"] == 0.5 and info["alpha_source"] == "default" and info["warning"] is None
