@@ -235,7 +235,7 @@ async def run_search(gen: Generation, queries: Sequence[str], top_k: int, where:
         lexical = None
         timings["lexical_s"] = time.perf_counter() - lexical_t0
     finally:
-        if lexical is not None and not lexical.done():  # the embedding failed or the client left: let it finish
+        if lexical is not None:  # the embedding failed or the client left: retrieve its outcome, done or not
             lexical.add_done_callback(lambda f: f.cancelled() or f.exception())
     defaults = gen.fusion if isinstance(gen.fusion, FusionDefaults) else FusionDefaults(DEFAULT_ALPHA, "default")
     alpha = options.alpha if options.alpha is not None else defaults.alpha
