@@ -1,6 +1,6 @@
 """Search quality through the real ``/search``: dense truncated vs chunked, lexical, hybrid, RRF, per model.
 
-    python bench/bench_search_quality.py [--finetuned MODEL_DIR | --train] [--registry DIR] [--no_docs]
+    python bench/bench_search_quality.py [--finetuned MODEL_DIR | --base_only] [--registry DIR] [--no_docs]
                                          [--sets tquad1.dev.jsonl enelpi2020.test.jsonl] [--limit_passages N]
 
 For each model (the bundled all-MiniLM-L6-v2 base, and a MiniLM fine-tuned on the shared train file) a bundle
@@ -24,9 +24,10 @@ Goals (issue 15): hybrid MRR@10 ≥ max(dense, lexical) on both sets; chunked de
 on tquad1.dev. Quality numbers do not depend on machine load (durations do; they are shown for planning).
 
 Fine-tuned model: ``--finetuned DIR`` (a ``python -m training`` model folder; its metrics.json ``fusion`` gives
-the bundle's α), or ``--train`` (trains one here: MiniLM, tquad1.train.jsonl, ``--train_pairs`` pairs, 1 epoch,
-under ``nice``). The base model has no training run: its α is chosen by ``python -m export --eval_data
---base_eval_data`` (default enelpi2020.train.jsonl: disjoint from both evaluation sets).
+the bundle's α), else one trained here once (MiniLM, tquad1.train.jsonl, ``--train_pairs`` pairs, 1 epoch, under
+``nice``; kept beside the registry and reused), or none with ``--base_only``. The base model has no training
+run: its α is chosen by ``python -m export --eval_data --base_eval_data`` (default enelpi2020.train.jsonl:
+disjoint from both evaluation sets).
 
 Writes ``docs/benchmarks/search_quality.md`` (then ``docs/benchmarks.md``, see ``bench/run_all.py``) and
 ``bench/results/search_quality.json``; ``--no_docs`` (a smoke run) prints it only.
@@ -173,11 +174,12 @@ def run_server(bundle: dict, registry: Path, name: str, task: RetrievalTask, set
         info = httpx.get(svc.url + "/info", timeout=30).json()
         out.update(ingest_s=round(seconds, 1), docs_per_s=round(len(docs) / seconds, 2),
                    index=info.get("index"), alpha=dict(find(info, "alpha")),
-                   alpha_source=dict(find(info, "alpha_source")), chunking=dict(find(info, "chunk_stride")))
+                   alpha_source=dict(find(info, "alpha_source")), chunking=dict(find(info, "chunking")))
         print(f"  {setting}: ingested {len(docs)} passages in {seconds:.1f} s; index {info.get('index')}; "
               f"α {out['alpha']} ({out['alpha_source']})", flush=True)
         out["rows"] = {}
-        for row, row_setting, fields in MODES:
+        sweep = [(f"hybrid, α = {a} (request)", "chunked", {"mode": "hybrid", "alpha": a}) for a in args.alphas]
+        for row, row_setting, fields in (*MODES, *sweep):
             if row_setting != setting:
                 continue
             t0 = time.perf_counter()
@@ -199,10 +201,12 @@ def run_server(bundle: dict, registry: Path, name: str, task: RetrievalTask, set
 
 def run(args, workdir: Path) -> dict:
     args.registry.mkdir(parents=True, exist_ok=True)
-    models = {"base": export_bundle(BASE, args.registry, "base", [DATA / f for f in args.base_eval_data],
-                                    args.reexport)}
-    finetuned = args.finetuned or (train_model(args.registry.parent / "quality-finetuned", args.train_pairs)
-                                   if args.train else None)
+    models = {}
+    if args.only in (None, "base"):
+        models["base"] = export_bundle(BASE, args.registry, "base", [DATA / f for f in args.base_eval_data],
+                                       args.reexport)
+    finetuned = None if args.base_only or args.only == "base" else (
+        args.finetuned or train_model(args.registry.parent / "quality-finetuned", args.train_pairs))
     if finetuned:
         models["fine-tuned"] = export_bundle(str(finetuned), args.registry, "finetuned", [], args.reexport)
         metrics = Path(finetuned) / "metrics.json"
@@ -285,16 +289,28 @@ def report(result: dict, command: str) -> list[str]:
     ]
     for label, m in models.items():
         fusion = m.get("fusion") or {}
+        run = m.get("run", {})
         lines.append(f"* **{label}**: `{m['model_dir']}` exported as {m['bundle']} (max_seq_length "
                      f"{m['max_seq_length']}); bundle α {fusion.get('alpha', 'none')} chosen on "
-                     f"{fusion.get('chosen_on', 'nothing (service default)')}.")
+                     f"{fusion.get('chosen_on', 'nothing (service default)')}. Measured {run.get('date', '?')} "
+                     f"(load average {run.get('load_before', '?')} before, {run.get('load_after', '?')} after).")
+        trained = m.get("training")
+        if trained:
+            config, data = trained.get("config", {}), trained.get("data", {})
+            lines[-1] += (f" Trained by `python -m training` on {', '.join(data.get('sources', []))}: "
+                          f"{data.get('train_pairs')} training pairs, {config.get('epochs')} epoch(s), batch "
+                          f"{config.get('batch_size')}, max_seq_length {config.get('max_seq_length')}, "
+                          + ("hard negatives mined by " + str(config.get("negatives_from"))
+                             if config.get("hard_negatives") else "in-batch negatives only") + ".")
     for set_name, entry in result["sets"].items():
         labels = list(entry["models"])
         lines += ["", f"## {set_name} ({entry['queries']} questions, {entry['passages']} passages)", "",
                   "| ranker | " + " | ".join(f"{label} MRR@10 | {label} R@10" for label in labels) + " |",
                   "|---|" + "---|---|" * len(labels)]
         all_rows = {label: rows_of(entry["models"][label]) for label in labels}
-        for row in ROW_ORDER:
+        swept = sorted({row for label in labels for row in all_rows[label] if row.endswith("(request)")},
+                       key=lambda r: float(r.split("= ")[1].split(" ")[0]))
+        for row in (*ROW_ORDER, *swept):
             cells = []
             for label in labels:
                 r = all_rows[label].get(row)
@@ -313,14 +329,17 @@ def report(result: dict, command: str) -> list[str]:
         for label in labels:
             for setting, s in entry["models"][label].items():
                 rows = s.get("index") or {}
-                timing.append(f"{label} {setting}: ingest {s['ingest_s']} s ({s['docs_per_s']} passages/s, "
-                              f"{rows.get('rows', '?')} vectors for {rows.get('documents', '?')} documents)")
+                cut = next(iter(s.get("chunking", {}).values()), None)
+                timing.append(f"{label} {setting} ({cut or 'chunking not shown'}): ingest {s['ingest_s']} s "
+                              f"({s['docs_per_s']} passages/s, {rows.get('rows', '?')} vectors for "
+                              f"{rows.get('documents', '?')} documents)")
         lines += ["", "Ingest: " + "; ".join(timing) + "."]
     lines += ["", "## Goals", ""]
     for goal, g in result["goals"].items():
         detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
         lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
-    return lines + [""]
+    notes = result.get("notes", [])
+    return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
 
 
 def main() -> None:
@@ -328,18 +347,24 @@ def main() -> None:
     p.add_argument("--registry", type=Path, default=RESULTS / "quality-registry",
                    help="where the bundles base and finetuned are exported (kept: reused by the next run)")
     p.add_argument("--finetuned", help="fine-tuned model folder (python -m training output)")
-    p.add_argument("--train", action="store_true", help="no --finetuned: train one here (tquad1.train, 1 epoch)")
+    p.add_argument("--base_only", action="store_true", help="no fine-tuned model (else --finetuned or trained here)")
     p.add_argument("--train_pairs", type=int, default=1280)
     p.add_argument("--reexport", action="store_true", help="export the bundles again even if they exist")
     p.add_argument("--base_eval_data", nargs="*", default=["enelpi2020.train.jsonl"],
                    help="files (in the data folder) on which export chooses the base model's α")
+    p.add_argument("--only", choices=("base", "fine-tuned"),
+                   help="run this model only; the other's rows are kept from the last run's results JSON")
     p.add_argument("--sets", nargs="+", default=list(SETS))
     p.add_argument("--limit_passages", type=int, help="smoke run: the first N passages of each set")
+    p.add_argument("--alphas", type=float, nargs="*", default=[],
+                   help="also hybrid at these α (request override), chunked: how α moves it, chosen on the set "
+                        "itself (an upper bound, not a choice)")
     p.add_argument("--chunk_stride", type=int, help="the chunked servers' --chunk_stride (default: the service's)")
     p.add_argument("--batch", type=int, default=16, help="passages per POST /documents")
     p.add_argument("--clients", type=int, default=2, help="concurrent clients for ingest and search")
     p.add_argument("--queries_per_request", type=int, default=8)
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
+    p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
     p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
     args = p.parse_args()
     command = "python bench/bench_search_quality.py " + shlex.join(sys.argv[1:])
@@ -353,6 +378,20 @@ def main() -> None:
     result.update(machine=f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU", command=command,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
                   load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()), seconds=time.perf_counter() - started)
+    for model in result["models"].values():
+        model["run"] = {k: result[k] for k in ("command", "date", "load_before", "load_after")}
+    result["notes"] = list(args.note)
+    previous = RESULTS / "search_quality.json"
+    if args.only and previous.exists():  # keep the other model's rows from the last run (each says its run)
+        old = json.loads(previous.read_text())
+        for label, model in old["models"].items():
+            if label not in result["models"]:
+                result["models"][label] = model
+                for set_name, entry in result["sets"].items():
+                    if label in old["sets"].get(set_name, {}).get("models", {}):
+                        entry["models"][label] = old["sets"][set_name]["models"][label]
+        result["notes"] = list(dict.fromkeys(old.get("notes", []) + result["notes"]))
+        result["goals"] = goals(result)
     print(json.dumps(result, indent=1, ensure_ascii=False))
     lines = report(result, command)
     if args.no_docs:

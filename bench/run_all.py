@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ROOT / "docs" / "benchmarks"
 # bench_<stage>.py where one exists
-ORDER = ("training", "training-gpu", "lexical", "export", "export_large", "service", "index", "ingest", "soak")
+ORDER = ("training", "training-gpu", "lexical", "search_quality", "export", "export_large", "service", "search_latency",
+         "index", "ingest", "soak")
 
 
 def assemble() -> Path:
