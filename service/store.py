@@ -58,10 +58,9 @@ import numpy as np
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer, AnalyzerError
 from training.chunking import WindowVectors
-from training.lexical import LexicalIndex, match_expression, query_terms, ranked_sql
+from training.lexical import LexicalIndex
 
 from .documents import Document
-from .lexical import LexicalHits, LexicalSource
 from .wal import LegacyCorrupt, has_legacy, move_aside, read_legacy
 
 log = logging.getLogger("service.store")
@@ -296,9 +295,13 @@ class DocumentStore:
             con.execute("INSERT INTO feedback(record) VALUES (?)", (json.dumps(dict(record), ensure_ascii=False),))
 
     # ------------------------------------------------------------------ reading
-    def lexical_source(self) -> StoreLexical:
-        """The read side of the lexical index, for search: see :class:`StoreLexical`."""
-        return StoreLexical(self.path, self.analyzer)
+    def lexical_terms(self) -> list[tuple[str, str]]:
+        """``(document id, its analysed terms joined by spaces)`` of every document, in rowid order: what the FTS5
+        index holds, for the in-memory postings searches rank with (:mod:`service.storage.memory_lexical`)."""
+        with self._lock:
+            return self._connection.execute(
+                "SELECT d.id, l.terms FROM lexical AS l JOIN documents AS d ON d.rowid = l.rowid ORDER BY l.rowid"
+            ).fetchall()
 
     def read_feedback(self) -> list[dict]:
         """Every feedback record, oldest first (a read transaction: only committed records)."""
@@ -314,51 +317,3 @@ class DocumentStore:
                 except sqlite3.Error as exc:
                     log.error("closing %s: %s", self.path, exc)
                 self._connection = None
-
-
-class StoreLexical(LexicalSource):
-    """BM25 over the store's FTS5 index, read through read-only connections of its own, one per searching thread:
-    WAL lets them read the last committed state while the writer commits, so a search never waits for a write
-    nor for another search. One statement ranks the index and maps its rowids to document ids (a join), so it
-    reads one snapshot: a document replaced meanwhile is not named by its old rowid."""
-
-    _SQL = ("SELECT d.id, m.score FROM ({ranked}) AS m JOIN documents AS d ON d.rowid = m.rowid "
-            "ORDER BY m.score DESC, m.rowid")
-
-    def __init__(self, path: Path, analyzer: Analyzer) -> None:
-        self.path, self.analyzer = path, analyzer
-        self._sql = self._SQL.format(ranked=ranked_sql("lexical"))
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def _connection(self) -> sqlite3.Connection:
-        con = getattr(self._local, "connection", None)
-        if con is None:
-            with self._lock:
-                if self._closed:
-                    raise StoreError("the store is closed")
-                con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                                      timeout=5)
-                self._connections.append(con)
-            self._local.connection = con
-        return con
-
-    def search(self, query: str, k: int) -> LexicalHits:
-        terms = query_terms(self.analyzer, query)
-        if not terms:
-            return LexicalHits([], terms)
-        rows = self._connection().execute(self._sql, (match_expression(terms), k)).fetchall()
-        return LexicalHits([(doc_id, float(score)) for doc_id, score in rows], terms)
-
-    def info(self) -> dict:
-        return {"engine": "sqlite-fts5", "analyzer": self.analyzer.describe(), "path": str(self.path),
-                "reads": "read-only connections, one per searching thread (WAL)"}
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for con in connections:
-            con.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from training.analyzer import ANALYZER_VERSION, Analyzer, AnalyzerError
+from training.bm25 import Bm25Postings
 from training.data import QARecord, load_qa_data
 from training.fusion import ALPHA_GRID, check_alpha, rrf_fusion, weighted_fusion
 from training.lexical import LexicalIndex
@@ -206,6 +207,44 @@ def test_writes_join_the_callers_transaction(tmp_path):
 # --------------------------------------------------------------------------- fusion
 DENSE = [("a", 0.91), ("b", 0.72), ("c", 0.40), ("d", 0.10)]
 LEXICAL = [("d", 14.0), ("e", 9.5), ("c", 3.0)]
+
+
+def _same_ranking(fts_hits, postings_hits):
+    """Same scores rank by rank (1e-9 relative), and the same keys above the last listed score (ties at the cut
+    may list different keys, as any top-k does)."""
+    assert len(fts_hits) == len(postings_hits)
+    assert np.allclose([s for _, s in fts_hits], [s for _, s in postings_hits], rtol=1e-9, atol=0)
+    if fts_hits:
+        cut = fts_hits[-1][1] * (1 + 1e-9)
+        assert {k for k, s in fts_hits if s > cut} == {k for k, s in postings_hits if s > cut}
+
+
+def test_in_memory_postings_rank_exactly_as_fts5_bm25_through_writes():
+    """The service ranks with Bm25Postings (FTS5's bm25() is too slow at 100k documents): same corpus, same
+    writes (bulk load, single adds, replacements, removals, merges) → FTS5's scores and order."""
+    analyzer = Analyzer.named("tr")
+    words = ("ankara başkent türkiye istanbul boğaz köprü kahve çay osmanlı padişah saray savaş barış ırmak dağ "
+             "İzmir ege deniz liman tarih müze kitap okul öğretmen öğrenci ve bir bu da ile").split()
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(words, size=rng.integers(3, 40))) for _ in range(1500)]
+    fts, postings = LexicalIndex.open(analyzer=analyzer), Bm25Postings()
+    fts.add_many(enumerate(texts))
+    postings.add_many((key, analyzer.terms(text)) for key, text in enumerate(texts))
+    for step in range(1200):  # single writes: the delta, then merges past its threshold
+        key = int(rng.integers(0, 1700))
+        if step % 5 == 0:
+            fts.remove(key)
+            postings.remove(key)
+        else:
+            text = " ".join(rng.choice(words, size=rng.integers(1, 30)))
+            fts.add(key, text)
+            postings.add_many([(key, analyzer.terms(text))])
+    assert len(postings) == len(fts)
+    for query in ("Ankara'nın başkenti", "osmanlı padişahları ve sarayları", "ırmak IRMAK", "kahve", "yok böyle",
+                  "ve bir bu"):
+        terms = analyzer.terms(query)
+        _same_ranking(fts.search(query, 50).hits, postings.search(terms, 50))
+    assert postings.search(["hiçyok"], 10) == []
 
 
 def test_alpha_one_is_the_dense_order_and_alpha_zero_the_lexical_order():

@@ -8,9 +8,9 @@ files: one SQLite database with
     document_ids            row number → document id (``documents.jsonl``'s ids)
 
 The registry lists and hashes it like every other file of the bundle, and the manifest's ``index`` section says
-``"lexical": {"file", "analyzer", "documents"}``. A replica opens it read-only and immutable
-(:class:`BundleLexical`): queries are analysed by the analyzer the bundle records, whatever ``--analyzer`` says,
-since that is what its terms were made with.
+``"lexical": {"file", "analyzer", "documents"}``. A replica reads it once, read-only, into in-memory postings
+(:class:`BundleLexical`, :mod:`.memory_lexical`): queries are analysed by the analyzer the bundle records,
+whatever ``--analyzer`` says, since that is what its terms were made with.
 
 A bundle published by the previous release has no ``lexical.sqlite3``: it still serves dense search, and its
 source is a :class:`MissingLexical` whose :meth:`~MissingLexical.search` raises :class:`LexicalUnavailable`
@@ -20,7 +20,6 @@ source is a :class:`MissingLexical` whose :meth:`~MissingLexical.search` raises 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from training.lexical import LexicalIndex
 from ..documents import Document
 from ..errors import Unprocessable
 from ..lexical import LexicalHits, LexicalSource
+from .memory_lexical import MemoryLexical
 
 LEXICAL_FILE = "lexical.sqlite3"
 
@@ -55,46 +55,18 @@ def save_lexical(docs: Sequence[Document], folder: Path, analyzer: Analyzer) -> 
     return {"file": LEXICAL_FILE, "analyzer": analyzer.describe(), "documents": len(docs)}
 
 
-class BundleLexical(LexicalSource):
-    """BM25 over a bundle's ``lexical.sqlite3``, read-only; a connection per searching thread."""
+class BundleLexical(MemoryLexical):
+    """BM25 over a bundle's ``lexical.sqlite3``: its terms loaded into postings once (the file is read-only,
+    immutable: SQLite takes no locks and writes nothing beside it), queries analysed by the bundle's analyzer."""
 
     def __init__(self, path: Path, facts: dict) -> None:
-        self.path = path
-        self.analyzer = Analyzer.from_description(facts["analyzer"])
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._index()  # fails now, not at the first query, when the file is not what the manifest says
-
-    def _index(self) -> LexicalIndex:
-        index = getattr(self._local, "index", None)
-        if index is None:
-            # immutable: a published bundle never changes, so SQLite takes no locks and writes nothing beside it
-            connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                                         check_same_thread=False)
-            with self._lock:
-                self._connections.append(connection)
-            index = self._local.index = LexicalIndex(connection, self.analyzer)
-        return index
-
-    def search(self, query: str, k: int) -> LexicalHits:
-        index = self._index()
-        result = index.search(query, k)
-        if not result.hits:
-            return LexicalHits([], result.terms)
-        rows = [row for row, _ in result.hits]
-        ids = dict(index.connection.execute(
-            f"SELECT row, id FROM document_ids WHERE row IN ({', '.join('?' * len(rows))})", rows).fetchall())
-        return LexicalHits([(ids[row], score) for row, score in result.hits if row in ids], result.terms)
-
-    def info(self) -> dict:
-        return {"engine": "sqlite fts5 (index bundle, read-only)", "analyzer": self.analyzer.describe(),
-                "available": True}
-
-    def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
+        super().__init__(Analyzer.from_description(facts["analyzer"]), kept=f"index bundle file {path.name}")
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            LexicalIndex(connection, self.analyzer)  # the file is what the manifest says: its analyzer recorded
+            self.load(connection.execute("SELECT d.id, l.terms FROM lexical AS l JOIN document_ids AS d "
+                                         "ON d.row = l.rowid ORDER BY l.rowid"))
+        finally:
             connection.close()
 
 

@@ -8,9 +8,9 @@ A FAISS collection lives in the replica's memory, so what survives a restart is 
   directory's SQLite database (:mod:`service.store`) before it is applied. It holds the directory's
   lock (:mod:`.lock`) until closed.
 
-Each also keeps the documents' lexical index (:meth:`Journal.lexical_source`): the memory journal indexes the
-writes it is told about in an in-memory FTS5 index (:mod:`.memory_lexical`); the SQLite journal's store writes
-its FTS5 index in the document's own transaction, and searches read it through connections of their own.
+Each also keeps the documents' lexical index (:meth:`Journal.lexical_source`): BM25 postings in memory
+(:mod:`.memory_lexical`) fed every acknowledged write. The SQLite journal's store also writes the document's FTS5
+entry in the document's own transaction, the durable copy the postings are loaded from at start.
 
 SQLite needs no snapshots; what the engine's snapshot hook still does is the upkeep of what the store
 and the serving collection hold apart: vectors re-embedded by another model (at a start on a new
@@ -36,7 +36,6 @@ from training.analyzer import Analyzer
 from training.chunking import WindowVectors
 
 from ..documents import Document
-from ..lexical import LexicalSource
 from ..store import DocumentStore, RecoveredState
 from .base import Storage, Write, durability_facts
 from .lock import DataDirLock
@@ -56,9 +55,9 @@ class Journal:
 
     def __init__(self) -> None:
         self._feedback: list[dict] = []
-        self._lexical: LexicalSource | None = None
+        self._lexical: MemoryLexical | None = None
 
-    def lexical_source(self, analyzer: Analyzer) -> LexicalSource:
+    def lexical_source(self, analyzer: Analyzer) -> MemoryLexical:
         """The documents' lexical index (one, whatever the model): here in memory, fed by :meth:`log` from now on."""
         if self._lexical is None:
             self._lexical = MemoryLexical(analyzer)
@@ -73,7 +72,11 @@ class Journal:
 
     def log(self, write: Write, model_version: str) -> None:
         """Durable before it returns (here: nothing to make durable; the lexical index takes it)."""
-        if isinstance(self._lexical, MemoryLexical):
+        self._index_words(write)
+
+    def _index_words(self, write: Write) -> None:
+        """Feed an acknowledged write to the lexical index's postings."""
+        if self._lexical is not None:
             if write.deleted:
                 self._lexical.delete(write.deleted)
             else:
@@ -94,8 +97,6 @@ class Journal:
 
     def close(self) -> None:
         """Nothing to flush."""
-        if self._lexical is not None:
-            self._lexical.close()
 
 
 class SqliteJournal(Journal):
@@ -116,12 +117,16 @@ class SqliteJournal(Journal):
         return self.store.broken
 
     def recover(self) -> RecoveredState:
-        return self.store.open()
+        state = self.store.open()
+        if self._lexical is not None:  # the postings start from the terms the store's FTS5 index holds
+            self._lexical.load(self.store.lexical_terms())
+        return state
 
-    def lexical_source(self, analyzer: Analyzer) -> LexicalSource:
-        """The store's FTS5 index (analysed by the store's analyzer, which ``--analyzer`` must match to open it)."""
+    def lexical_source(self, analyzer: Analyzer) -> MemoryLexical:
+        """Postings over the store's FTS5 terms (analysed by the store's analyzer, which ``--analyzer`` must match
+        to open it), loaded by :meth:`recover`, fed by :meth:`log` after each commit."""
         if self._lexical is None:
-            self._lexical = self.store.lexical_source()
+            self._lexical = MemoryLexical(analyzer, kept=f"SQLite FTS5 in {self.store.path}")
         return self._lexical
 
     def open_log(self, dirty: bool) -> None:
@@ -133,6 +138,7 @@ class SqliteJournal(Journal):
         else:
             self.store.upsert(write.docs, write.vectors, model_version, write.rows, write.layout)
         self._writes += 1
+        self._index_words(write)  # committed: only now may a search find it
 
     def add_feedback(self, record: dict) -> None:
         self.store.add_feedback(record)
@@ -163,8 +169,6 @@ class SqliteJournal(Journal):
 
     def close(self) -> None:
         try:
-            if self._lexical is not None:  # the readers first: the writer's close then checkpoints the log
-                self._lexical.close()
             self.store.close()
         finally:  # the database is closed: another process may take over
             self.lock.release()

@@ -1,69 +1,52 @@
-"""The lexical index of the in-memory mode (no ``--data_dir``): FTS5 in a private in-memory SQLite database.
+"""The lexical search of the FAISS modes: BM25 postings in memory (:class:`training.bm25.Bm25Postings`).
 
-The memory :class:`~service.storage.journal.Journal` feeds it the same writes it is told about (upserts and
-deletes, in the order they were acknowledged), so it holds what the store would: the documents' analysed terms,
-independent of any model. A reload re-embeds vectors but keeps this index, like a data directory's. Its keys are
-integers (:class:`training.lexical.LexicalIndex` ranks rowids), mapped to and from document ids here.
+Where the words are kept durably is the storage mode's business: the data directory's SQLite store writes a
+document's FTS5 entry in the transaction that stores it (:mod:`service.store`); an index bundle carries its
+``lexical.sqlite3`` (:mod:`.bundle_lexical`); the in-memory mode keeps nothing. Queries are not ranked by FTS5's
+``bm25()``, which is called once per matching row (250-880 ms a query at 100k documents, where a common stem
+matches most of them), but by postings loaded from those terms at start (:meth:`MemoryLexical.load`) and fed
+every acknowledged write after (:meth:`MemoryLexical.upsert`, :meth:`MemoryLexical.delete`): the same scores
+(FTS5's formula and constants over the same terms), a few milliseconds a query.
 
-One connection, used under a lock by writers and searching threads alike (an in-memory database is private to
-its connection); nothing survives a restart, like the documents themselves.
+The index is model-independent: a reload re-embeds vectors but keeps it. Thread-safe (the postings' lock).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 
 from training.analyzer import Analyzer
-from training.lexical import LexicalIndex
+from training.bm25 import Bm25Postings
+from training.lexical import query_terms
 
 from ..documents import Document
 from ..lexical import LexicalHits, LexicalSource
 
 
 class MemoryLexical(LexicalSource):
-    """BM25 over the documents written in this process; see the module docstring."""
+    """BM25 over documents by id; see the module docstring. ``kept``: where the terms are durable (for ``/info``)."""
 
-    def __init__(self, analyzer: Analyzer) -> None:
+    def __init__(self, analyzer: Analyzer, kept: str = "nowhere (in memory)") -> None:
         self.analyzer = analyzer
-        self._index = LexicalIndex(sqlite3.connect(":memory:", check_same_thread=False), analyzer)
-        self._lock = threading.Lock()
-        self._keys: dict[str, int] = {}  # document id → rowid
-        self._ids: dict[int, str] = {}  # rowid → document id
-        self._next = 1
+        self.kept = kept
+        self._postings = Bm25Postings()
+
+    def load(self, documents: Iterable[tuple[str, str]]) -> None:
+        """Index ``(document id, analysed terms joined by spaces)`` pairs, as the FTS5 tables hold them."""
+        self._postings.add_many((doc_id, terms.split()) for doc_id, terms in documents)
 
     def upsert(self, docs: Sequence[Document]) -> None:
         """Index ``docs`` (replacing what their ids held); the last of a repeated id wins."""
-        with self._lock:
-            rows = []
-            for doc in docs:
-                key = self._keys.get(doc.id)
-                if key is None:
-                    key, self._next = self._next, self._next + 1
-                    self._keys[doc.id], self._ids[key] = key, doc.id
-                rows.append((key, doc.text))
-            last = dict(rows)  # a batch naming an id twice: its last text
-            with self._index.connection:
-                self._index.add_many(last.items())
+        self._postings.add_many((doc.id, self.analyzer.terms(doc.text)) for doc in docs)
 
     def delete(self, ids: Iterable[str]) -> None:
-        with self._lock, self._index.connection:
-            for doc_id in ids:
-                key = self._keys.pop(doc_id, None)
-                if key is not None:
-                    del self._ids[key]
-                    self._index.remove(key)
+        for doc_id in ids:
+            self._postings.remove(doc_id)
 
     def search(self, query: str, k: int) -> LexicalHits:
-        with self._lock:
-            result = self._index.search(query, k)
-            return LexicalHits([(self._ids[key], score) for key, score in result.hits], result.terms)
+        terms = query_terms(self.analyzer, query)
+        return LexicalHits(self._postings.search(terms, k) if terms else [], terms)
 
     def info(self) -> dict:
-        return {"engine": "sqlite-fts5", "analyzer": self.analyzer.describe(), "path": ":memory:",
-                "documents": len(self._keys)}
-
-    def close(self) -> None:
-        with self._lock:
-            self._index.connection.close()
+        return {"engine": "bm25 postings", "formula": "sqlite fts5 bm25()", "analyzer": self.analyzer.describe(),
+                "terms_kept": self.kept, "documents": len(self._postings)}
