@@ -87,7 +87,7 @@ class Engine:
         self._write_lock = asyncio.Lock()
         self._pending: list[Write] | None = None  # writes made while a reload builds the next generation
         self._reload_task: asyncio.Task | None = None
-        self._snapshot_task: asyncio.Task | None = None
+        self._upkeep_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
         self.reload_status: dict = {"state": "idle"}
         self.watch_status: dict = {"interval_s": settings.latest_poll_s}
@@ -122,9 +122,9 @@ class Engine:
             raise
         self.gen = self._new_generation(model, collection)
         self._opened.push_async_callback(asyncio.to_thread, lambda: self.gen.close())  # the one serving then
-        self._opened.push_async_callback(self._final_snapshot)
-        if self.storage.snapshot_due():  # start-up re-embedded vectors the store should keep
-            await self._snapshot()
+        self._opened.push_async_callback(self._final_upkeep)
+        if self.storage.upkeep_due():  # start-up re-embedded vectors the store should keep
+            await self._upkeep()
         self._publish_model()
         if s.corpus and not collection.read_only:
             await self._load_corpus()
@@ -165,15 +165,15 @@ class Engine:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        if self._snapshot_task is not None:
+        if self._upkeep_task is not None:
             with contextlib.suppress(BaseException):
-                await self._snapshot_task
+                await self._upkeep_task
         await self._opened.aclose()  # the last upkeep, the generation, the storage
 
-    async def _final_snapshot(self) -> None:
-        if self.storage.snapshot_due(stopping=True):
+    async def _final_upkeep(self) -> None:
+        if self.storage.upkeep_due(stopping=True):
             with contextlib.suppress(Exception):
-                await self._snapshot()
+                await self._upkeep()
 
     @contextlib.asynccontextmanager
     async def _generation(self, internal: bool = False):
@@ -246,7 +246,7 @@ class Engine:
         if self._pending is not None:
             self._pending.append(write)
         self.metrics.documents.set(await gen.run(len, gen.collection))
-        self._maybe_snapshot()
+        self._maybe_upkeep()
 
     @staticmethod
     async def _write_store(write: Callable, *args) -> None:
@@ -265,7 +265,7 @@ class Engine:
             record, shown = await checked_record(partial(gen.run, gen.collection.get), query, doc_id, shown_ids,
                                                  label)
             await self._write_store(self.storage.add_feedback, record)
-            self._maybe_snapshot()
+            self._maybe_upkeep()
             self.metrics.feedback.labels(label).inc()
             return shown
 
@@ -274,13 +274,13 @@ class Engine:
         async with self._generation():
             return await asyncio.to_thread(self.storage.read_feedback)
 
-    def _maybe_snapshot(self) -> None:
-        if self.storage.snapshot_due() and (self._snapshot_task is None or self._snapshot_task.done()):
-            self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot())
+    def _maybe_upkeep(self) -> None:
+        if self.storage.upkeep_due() and (self._upkeep_task is None or self._upkeep_task.done()):
+            self._upkeep_task = asyncio.get_running_loop().create_task(self._upkeep())
 
-    async def _snapshot(self) -> None:
+    async def _upkeep(self) -> None:
         """The storage's upkeep: store the serving generation's vectors, compact its index (no-op where none)."""
-        await self.storage.snapshot(self._write_lock, lambda: self.gen)
+        await self.storage.upkeep(self._write_lock, lambda: self.gen)
 
     # ------------------------------------------------------------------ reload
     def start_reload(self, version: str | None) -> dict:
@@ -320,7 +320,7 @@ class Engine:
             status.update(state="done", finished_at=time.time())
             self.metrics.reloads.labels("done").inc()
             log.info("reloaded %s → %s (%s)", status["from"], status["to"], new.collection.info())
-            await self._snapshot()
+            await self._upkeep()
         except asyncio.CancelledError:
             status.update(state="cancelled")
             raise

@@ -16,7 +16,7 @@ Contract, per call (the engine's side in brackets):
 * :meth:`log` makes one :class:`Write` durable, or raises :class:`service.store.WriteFailed`
   (nothing of it kept). [write lock held; blocking: run it in a thread]
 * feedback: :meth:`add_feedback` (durable once it returns) and :meth:`read_feedback` (oldest first).
-* upkeep (named snapshot for the engine): :meth:`snapshot_due` says when :meth:`snapshot` is worth running:
+* upkeep: :meth:`upkeep_due` says when :meth:`upkeep` is worth running:
   storing vectors a re-embedding computed, compacting the index (never, in modes without a store).
 * :meth:`lexical_for` gives the lexical (BM25) source searched beside a collection (:mod:`service.lexical`):
   asked once per generation, after :meth:`open` / :meth:`next_collection`; it is model-independent, so
@@ -123,11 +123,11 @@ class Storage(ABC):
     def read_feedback(self) -> list[dict]:
         """Every feedback record stored, oldest first. Blocking."""
 
-    def snapshot_due(self, stopping: bool = False) -> bool:
-        """Whether :meth:`snapshot` should run now (``stopping``: at a graceful stop)."""
+    def upkeep_due(self, stopping: bool = False) -> bool:
+        """Whether :meth:`upkeep` should run now (``stopping``: at a graceful stop)."""
         return False
 
-    async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:  # noqa: B027
+    async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:  # noqa: B027
         """Bring the store and ``current()``'s collection in line (read under ``lock``, the engine's write
         lock): store vectors re-embedded by its model, compact its index. Default: nothing to do."""
 

@@ -12,15 +12,15 @@ Each also keeps the documents' lexical index (:meth:`Journal.lexical_source`): B
 (:mod:`.memory_lexical`) fed every acknowledged write. The SQLite journal's store also writes the document's FTS5
 entry in the document's own transaction, the durable copy the postings are loaded from at start.
 
-SQLite needs no snapshots; what the engine's snapshot hook still does is the upkeep of what the store
-and the serving collection hold apart: vectors re-embedded by another model (at a start on a new
+SQLite needs no snapshots; the engine's upkeep hook brings what the store
+and the serving collection hold in line: vectors re-embedded by another model (at a start on a new
 model, after a reload) are stored, so the next start re-embeds nothing, and the FAISS index is
 compacted when deletes left it mostly tombstones. It is due once at start when vectors were
 re-embedded, after a reload, and every ``--snapshot_every`` document writes.
 
 :class:`JournaledStorage` is the part of :class:`~service.storage.base.Storage` both FAISS storages
 (:mod:`.embedded`, :mod:`.bundle`) hand to their journal; what the serving collection holds is theirs
-to say (:meth:`JournaledStorage.snapshot_documents`).
+to say (:meth:`JournaledStorage.serving_documents`).
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ class Journal:
     def read_feedback(self) -> list[dict]:
         return list(self._feedback)
 
-    def snapshot_due(self, stopping: bool) -> bool:
+    def upkeep_due(self, stopping: bool) -> bool:
         return False
 
-    async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation],
+    async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation],
                        storage: JournaledStorage) -> None:
         """Nothing to keep up."""
 
@@ -146,10 +146,10 @@ class SqliteJournal(Journal):
     def read_feedback(self) -> list[dict]:
         return self.store.read_feedback()
 
-    def snapshot_due(self, stopping: bool) -> bool:
+    def upkeep_due(self, stopping: bool) -> bool:
         return not stopping and (self._dirty or self._writes >= self.upkeep_every)  # nothing to flush at a stop
 
-    async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation],
+    async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation],
                        storage: JournaledStorage) -> None:
         if self.store.broken:  # the disk failed: leave it as it is for the restart to recover from
             log.warning("no store upkeep: %s", self.store.broken)
@@ -198,11 +198,11 @@ class JournaledStorage(Storage):
     def read_feedback(self) -> list[dict]:
         return self.journal.read_feedback()
 
-    def snapshot_due(self, stopping: bool = False) -> bool:
-        return self.journal.snapshot_due(stopping)
+    def upkeep_due(self, stopping: bool = False) -> bool:
+        return self.journal.upkeep_due(stopping)
 
-    async def snapshot(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:
-        await self.journal.snapshot(lock, current, self)
+    async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation]) -> None:
+        await self.journal.upkeep(lock, current, self)
 
     @property
     def broken(self) -> str | None:
