@@ -1,16 +1,6 @@
-"""FAISS vector index and the in-memory document collection searched through it.
+"""The in-memory document collection of the FAISS modes: documents, their window rows and the index over them.
 
-Index types (inner product on L2-normalised vectors = cosine):
-
-=========== ============================================= =====================================
-``flat``    exact search                                  default up to ``flat_max`` documents
-``ivf``     IVF-Flat, ``nprobe`` lists probed             large corpora, exact vectors
-``ivf-sq8`` IVF with 8-bit scalar quantisation            default above ``flat_max`` (4× smaller)
-``ivf-pq``  IVF-PQ (``pq_m`` bytes per vector)            very large corpora, lower recall
-``hnsw``    HNSW graph (``hnsw_m``, ``ef_search``)        low latency, largest memory
-``hnsw-sq8`` HNSW over 8-bit scalar-quantised vectors      low latency, smaller
-=========== ============================================= =====================================
-
+Vectors are searched through one FAISS index (:mod:`service.faiss_index`: the index types, chosen by size).
 Deletes and replaced documents are tombstones excluded with an ``IDSelector`` at search time;
 tombstones are compacted by :meth:`Collection.rebuild` (when the storage's upkeep finds it worthwhile).
 A long document is several rows, one per window (:mod:`training.chunking`): a search over-fetches rows and
