@@ -59,8 +59,9 @@ def test_the_bundled_model_exports_offline_by_its_hub_name(tmp_path):
                            "--registry", str(tmp_path), "--name", "minilm", "--threads", "1"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    *_, verdict, path = proc.stdout.splitlines()
+    *_, verdict, fusion, path = proc.stdout.splitlines()
     assert Path(path) == tmp_path / "minilm" / "v0001" and (Path(path) / "model.onnx").is_file()
+    assert fusion == "fusion: none recorded (no metrics.json fusion, no --eval_data): the service uses its default α"
     assert verdict.startswith("gates passed: parity (onnx 1.0000, onnx-optimized 1.0000, int8 0.9")
     assert "TracerWarning" not in proc.stderr and "pre-processing" not in proc.stderr, proc.stderr
     assert verdict.endswith("quality not checked (no --eval_data)")
