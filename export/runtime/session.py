@@ -17,7 +17,8 @@ Contract:
   fast at batch 1 as at batch 32 (docs/benchmarks.md). :func:`runs_per_sequence` decides it from a
   bundle's manifest. On CPU such a session runs each pass on one thread and ``threads`` passes at once
   (``row_workers``): one short sequence keeps two threads busy only part of each op, two single-threaded
-  passes fill them (each row's output is unchanged: every pass still sees one sequence).
+  passes fill them (each row's output is unchanged: every pass still sees one sequence). A caller that
+  runs batches at once itself (the service's batcher) passes ``parallel_rows=False``.
 
 Example::
 
@@ -89,7 +90,7 @@ class OnnxSession:
     """One loaded graph; ``run(ids, mask, types) -> float32 [batch, dim]`` pooled embeddings."""
 
     def __init__(self, onnx_path: str | Path, *, device: str = "cpu", threads: int | None = None,
-                 spinning: bool = True, per_sequence: bool = False) -> None:
+                 spinning: bool = True, per_sequence: bool = False, parallel_rows: bool = True) -> None:
         path = Path(onnx_path)
         if not path.exists():
             raise SessionError(f"ONNX file not found: {path}")
@@ -103,7 +104,11 @@ class OnnxSession:
         providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
         # One sequence per pass on CPU: each pass single-threaded, ``threads`` passes at once (measured on 2 cores,
         # short queries in batches of 32: 172-225 texts/s against 130-172 for one pass at a time over 2 threads).
-        row_workers = (threads or os.cpu_count() or 1) if per_sequence and not cuda else 1
+        # ``parallel_rows=False`` for a caller that runs batches at once itself (the service's batcher, two
+        # passes at once over 2 threads each: its /embed lost 11 % at 16 clients and 18 % at 1 with one thread
+        # per pass, docs/benchmarks/export.md).
+        parallel = per_sequence and parallel_rows and not cuda
+        row_workers = (threads or os.cpu_count() or 1) if parallel else 1
         options = session_options(1 if row_workers > 1 else threads, spinning=spinning)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

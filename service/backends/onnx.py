@@ -29,8 +29,9 @@ class OnnxBackend(Backend):
         if spec.onnx_path is None:
             raise BackendError(f"ONNX file not found: {spec.onnx_path}")
         try:
+            # the batcher runs two batches at once itself (concurrent_batches): rows one after another in each
             self.session = OnnxSession(spec.onnx_path, device=device, threads=threads, spinning=False,
-                                       per_sequence=spec.per_sequence)
+                                       per_sequence=spec.per_sequence, parallel_rows=False)
         except SessionError as exc:
             raise BackendError(str(exc)) from exc
         self.device = self.session.device
