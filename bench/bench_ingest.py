@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RESULTS, ROOT, free_port, load_texts  # noqa: E402  (bench/)
 from proc_stats import memory_mb  # noqa: E402
-from run_all import publish  # noqa: E402
+from run_all import publish, report_options, rewrite_report  # noqa: E402
 
 BASELINE_REV = "95d272a~1"  # the last revision whose local store is the write-ahead log + snapshots
 
@@ -311,15 +311,11 @@ def main() -> None:
                    help="also write this many documents into each store alone, in process (no model, no HTTP)")
     p.add_argument("--snapshot_every", type=int, default=1000,
                    help="the previous release's --snapshot_every default, for --store_only")
-    p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
     p.add_argument("--load_note", default="", help="how busy the machine was (other jobs)")
-    p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
-    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
+    report_options(p)
     args = p.parse_args()
     if args.report_only:
-        result = json.loads((RESULTS / "ingest.json").read_text())
-        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
-        publish("ingest", result, report(result, result["command"]), RESULTS)
+        rewrite_report("ingest", args.note, report, RESULTS)
         return
     command = "python bench/bench_ingest.py " + shlex.join(sys.argv[1:])
     if args.registry is None:

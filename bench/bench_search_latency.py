@@ -55,7 +55,7 @@ from bench_service import (  # noqa: E402  (bench/)
     write_search_data,
 )
 from proc_stats import cpu_seconds  # noqa: E402
-from run_all import publish  # noqa: E402
+from run_all import publish, report_options, rewrite_report  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- baselines
@@ -293,14 +293,10 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["dense", "hybrid", "lexical"])
     p.add_argument("--open_loop_modes", nargs="+", default=["hybrid"])
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
-    p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
-    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
-    p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
+    report_options(p)
     args = p.parse_args()
     if args.report_only:
-        result = json.loads((RESULTS / "search_latency.json").read_text())
-        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
-        publish("search_latency", result, report(result, result["command"]), RESULTS)
+        rewrite_report("search_latency", args.note, report, RESULTS)
         return
     if "hybrid" not in args.modes:
         p.error("--modes must include hybrid (the open loop runs at half its capacity)")

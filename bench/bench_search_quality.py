@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import ingest  # noqa: E402  (bench/)
 from bench_service import DATA, RESULTS, ROOT, Service  # noqa: E402
-from run_all import publish  # noqa: E402
+from run_all import publish, report_options, rewrite_report  # noqa: E402
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer  # noqa: E402
 from training.data import load_qa_data  # noqa: E402
@@ -365,14 +365,10 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=2, help="concurrent clients for ingest and search")
     p.add_argument("--queries_per_request", type=int, default=8)
     p.add_argument("--server_args", default="", help="extra flags of python -m service, one string")
-    p.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
-    p.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
-    p.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
+    report_options(p)
     args = p.parse_args()
     if args.report_only:
-        result = json.loads((RESULTS / "search_quality.json").read_text())
-        result["notes"] = list(dict.fromkeys(result.get("notes", []) + args.note))
-        publish("search_quality", result, report(result, result["command"]), RESULTS)
+        rewrite_report("search_quality", args.note, report, RESULTS)
         return
     command = "python bench/bench_search_quality.py " + shlex.join(sys.argv[1:])
     load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())

@@ -53,6 +53,21 @@ def publish(stage: str, result: dict, lines: list[str], results_dir: Path) -> No
     print(f"wrote {section} and {assemble()}")
 
 
+def report_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark's report takes: ``--note`` (repeatable), ``--report_only``, ``--no_docs``."""
+    parser.add_argument("--note", action="append", default=[], help="a note printed under the report (repeatable)")
+    parser.add_argument("--report_only", action="store_true", help="rewrite the report from the last results JSON")
+    parser.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
+
+
+def rewrite_report(stage: str, notes: list[str], report, results_dir: Path) -> None:
+    """``--report_only``: the last raw result of ``stage`` with ``notes`` added, published again through
+    ``report(result, command) -> lines``."""
+    result = json.loads((results_dir / f"{stage}.json").read_text())
+    result["notes"] = list(dict.fromkeys(result.get("notes", []) + notes))
+    publish(stage, result, report(result, result["command"]), results_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assemble-only", action="store_true")
