@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import RESULTS, ROOT, free_port, load_texts  # noqa: E402  (bench/)
 from proc_stats import memory_mb  # noqa: E402
-from run_all import publish, report_options, rewrite_report  # noqa: E402
+from run_all import finish, report_options, rewrite_report  # noqa: E402
 
 BASELINE_REV = "95d272a~1"  # the last revision whose local store is the write-ahead log + snapshots
 
@@ -337,11 +337,7 @@ def main() -> None:
                   snapshot_every=args.snapshot_every, notes=args.note, load_before=load_before,
                   load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()),
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    print(json.dumps(result, indent=1))
-    if args.no_docs:
-        print("\n".join(report(result, command)) + "\n(--no_docs: nothing written)")
-        return
-    publish("ingest", result, report(result, command), RESULTS)
+    finish("ingest", result, report(result, command), args.no_docs, RESULTS)
 
 
 if __name__ == "__main__":

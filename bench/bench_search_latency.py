@@ -55,7 +55,7 @@ from bench_service import (  # noqa: E402  (bench/)
     write_search_data,
 )
 from proc_stats import cpu_seconds  # noqa: E402
-from run_all import publish, report_options, rewrite_report  # noqa: E402
+from run_all import finish, report_options, rewrite_report  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- baselines
@@ -318,12 +318,7 @@ def main() -> None:
     result.update(machine=f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU", command=command,
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=load_before,
                   load_after=", ".join(f"{v:.1f}" for v in os.getloadavg()), notes=args.note)
-    print(json.dumps(result, indent=1))
-    lines = report(result, command)
-    if args.no_docs:
-        print("\n".join(lines) + "\n(--no_docs: nothing written)")
-        return
-    publish("search_latency", result, lines, RESULTS)
+    finish("search_latency", result, report(result, command), args.no_docs, RESULTS)
 
 
 if __name__ == "__main__":

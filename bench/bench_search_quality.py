@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import ingest  # noqa: E402  (bench/)
 from bench_service import DATA, RESULTS, ROOT, Service  # noqa: E402
-from run_all import publish, report_options, rewrite_report  # noqa: E402
+from run_all import finish, report_options, rewrite_report  # noqa: E402
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer  # noqa: E402
 from training.data import load_qa_data  # noqa: E402
@@ -395,12 +395,7 @@ def main() -> None:
                         entry["models"][label] = old["sets"][set_name]["models"][label]
         result["notes"] = list(dict.fromkeys(old.get("notes", []) + result["notes"]))
         result["goals"] = goals(result)
-    print(json.dumps(result, indent=1, ensure_ascii=False))
-    lines = report(result, command)
-    if args.no_docs:
-        print("\n".join(lines) + "\n(--no_docs: nothing written)")
-        return
-    publish("search_quality", result, lines, RESULTS)
+    finish("search_quality", result, report(result, command), args.no_docs, RESULTS)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,15 @@ def rewrite_report(stage: str, notes: list[str], report, results_dir: Path) -> N
     publish(stage, result, report(result, result["command"]), results_dir)
 
 
+def finish(stage: str, result: dict, lines: list[str], no_docs: bool, results_dir: Path) -> None:
+    """Print a benchmark's result and report; publish them unless ``no_docs`` (a smoke run)."""
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    if no_docs:
+        print("\n".join(lines) + "\n(--no_docs: nothing written)")
+        return
+    publish(stage, result, lines, results_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assemble-only", action="store_true")
