@@ -32,12 +32,34 @@ Example (the interface, on the embedded engine)::
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .documents import Document, Hit
+
+
+def filter_key(key: str, value: object) -> tuple[str, str]:
+    """The one spelling of ``key = value`` a filter compares: the value's canonical JSON."""
+    return key, json.dumps(value, sort_keys=True)
+
+
+def metadata_keys(metadata: Mapping[str, object]) -> Iterable[tuple[str, str]]:
+    """The :func:`filter_key` of every value a filter can match in ``metadata`` (each item of a list; scalars
+    only: nested objects match nothing)."""
+    for key, value in metadata.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or isinstance(v, (str, int, float, bool)):
+                yield filter_key(key, v)
+
+
+def matches(metadata: Mapping[str, object], where: Mapping[str, object]) -> bool:
+    """Whether one document's ``metadata`` passes ``where`` (see the module docstring)."""
+    have = set(metadata_keys(metadata))
+    return all(any(filter_key(key, w) in have for w in (wanted if isinstance(wanted, list) else [wanted]))
+               for key, wanted in where.items())
 
 
 class DocumentCollection(ABC):

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from training.chunking import Span, WindowVectors
 
-from .collection import DocumentCollection
+from .collection import DocumentCollection, filter_key, metadata_keys
 from .documents import Document, Hit
 from .faiss_index import IndexConfig, VectorIndex, faiss_gpus
 
@@ -41,14 +40,6 @@ __all__ = ["Collection", "IndexConfig", "VectorIndex", "faiss_gpus"]
 log = logging.getLogger("service.index")
 
 EXACT_FILTER_MAX = 20_000  # filtered searches over at most this many candidates are exact brute force
-
-
-def _meta_keys(metadata: Mapping[str, object]) -> Iterable[tuple[str, str]]:
-    for key, value in metadata.items():
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if v is None or isinstance(v, (str, int, float, bool)):
-                yield key, json.dumps(v, sort_keys=True)
 
 
 class Collection(DocumentCollection):
@@ -118,7 +109,7 @@ class Collection(DocumentCollection):
             self.docs[doc.id][1].append(label)
             self._by_label.append(doc.id)
             self._spans.append(span)
-            for key in _meta_keys(doc.metadata):
+            for key in metadata_keys(doc.metadata):
                 self._meta.setdefault(key, set()).add(label)
         self.live_rows_count += len(labels)
         return labels
@@ -135,7 +126,7 @@ class Collection(DocumentCollection):
             self.live_rows_count -= len(rows)
             for label in rows:
                 self._by_label[label] = None
-            for key in _meta_keys(doc.metadata):
+            for key in metadata_keys(doc.metadata):
                 bucket = self._meta.get(key)
                 if bucket is not None:
                     bucket.difference_update(rows)
@@ -150,7 +141,7 @@ class Collection(DocumentCollection):
             options = wanted if isinstance(wanted, list) else [wanted]
             matches: set[int] = set()
             for value in options:
-                matches |= self._meta.get((key, json.dumps(value, sort_keys=True)), set())
+                matches |= self._meta.get(filter_key(key, value), set())
             result = matches if result is None else result & matches
             if not result:
                 break

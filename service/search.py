@@ -30,7 +30,6 @@ missed by the lexical side (the dense side may still find it).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from training.fusion import CANDIDATES, RRF_K, check_alpha, rrf_fusion, weighted_fusion
 
+from .collection import matches
 from .documents import Document, Hit
 from .errors import Unprocessable
 
@@ -59,7 +59,6 @@ FILTERED_LEXICAL_DEPTH = 1000  # BM25 matches a filtered query's lexical side re
 LEXICAL_THREADS = 2
 _LEXICAL_POOL = ThreadPoolExecutor(max_workers=LEXICAL_THREADS, thread_name_prefix="lexical")
 NO_TERMS = "no words left to look up after analysis (only punctuation or symbols)"
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -148,20 +147,6 @@ class _Lexical:
     hits: list[tuple[Document, float]]
     terms: tuple[str, ...] = ()
     unavailable: str | None = None
-
-
-def matches(metadata: Mapping[str, object], where: Mapping[str, object]) -> bool:
-    """Whether ``metadata`` passes ``where``, as the collections match it: every key must equal the wanted value
-    (or one of a list of values), a list in the metadata matching when it contains one."""
-    for key, wanted in where.items():
-        value = metadata.get(key, _MISSING)
-        if value is _MISSING:
-            return False
-        have = {json.dumps(v, sort_keys=True) for v in (value if isinstance(value, list) else [value])
-                if v is None or isinstance(v, (str, int, float, bool))}
-        if not any(json.dumps(w, sort_keys=True) in have for w in (wanted if isinstance(wanted, list) else [wanted])):
-            return False
-    return True
 
 
 def _lexical_side(gen: Generation, queries: Sequence[str], k: int, where: Mapping | None) -> list[_Lexical]:
