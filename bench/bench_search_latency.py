@@ -53,6 +53,7 @@ from bench_service import (  # noqa: E402  (bench/)
     load_texts,
     one_query_ms,
     percentiles,
+    post_once,
     write_search_data,
 )
 from proc_stats import cpu_seconds  # noqa: E402
@@ -122,16 +123,7 @@ async def open_loop(url: str, path: str, bodies: list[dict], rate: float, second
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def one(i: int, due: float) -> None:
             lateness.append(time.perf_counter() - due)
-            try:
-                async with session.post(path, data=payloads[i % len(payloads)], headers=headers) as response:
-                    await response.read()
-                    code = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                code = type(exc).__name__
-            if code == 200:
-                latencies.append(time.perf_counter() - due)
-            else:
-                errors[str(code)] = errors.get(str(code), 0) + 1
+            await post_once(session, path, payloads[i % len(payloads)], headers, due, latencies, errors)
 
         cpu0 = (time.process_time(), cpu_seconds(service_pid) if service_pid else 0.0)
         start = time.perf_counter()

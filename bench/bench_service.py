@@ -127,6 +127,24 @@ class Service:
             self.proc.kill()
 
 
+async def post_once(session, path: str, payload: bytes, headers: dict, since: float, latencies: list[float],
+                    errors: dict[str, int]) -> None:
+    """POST one request: a 200's latency counted from ``since`` goes to ``latencies``; any other status (or the
+    client error's name) is counted in ``errors``."""
+    import aiohttp
+
+    try:
+        async with session.post(path, data=payload, headers=headers) as response:
+            await response.read()
+            code = response.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        code = type(exc).__name__
+    if code == 200:
+        latencies.append(time.perf_counter() - since)
+    else:
+        errors[str(code)] = errors.get(str(code), 0) + 1
+
+
 async def load(url: str, path: str, bodies: list[dict], clients: int, max_requests: int, max_seconds: float,
                texts_per_request: int, service_pid: int | None = None) -> dict:
     """Closed-loop load: ``clients`` workers each send a request as soon as their last one answered.
@@ -152,17 +170,7 @@ async def load(url: str, path: str, bodies: list[dict], clients: int, max_reques
             while sent < max_requests and time.perf_counter() < deadline:
                 payload = payloads[sent % len(payloads)]
                 sent += 1
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(path, data=payload, headers=headers) as response:
-                        await response.read()
-                        code = response.status
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    code = type(exc).__name__
-                if code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors[str(code)] = errors.get(str(code), 0) + 1
+                await post_once(session, path, payload, headers, time.perf_counter(), latencies, errors)
 
         cpu0 = (time.process_time(), cpu_seconds(service_pid) if service_pid else 0.0)
         t0 = time.perf_counter()
