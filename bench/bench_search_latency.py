@@ -57,7 +57,7 @@ from bench_service import (  # noqa: E402  (bench/)
     write_search_data,
 )
 from proc_stats import cpu_seconds  # noqa: E402
-from run_all import finish, report_options, rewrite_report  # noqa: E402
+from run_all import finish, goals_and_notes, report_options, rewrite_report  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- baselines
@@ -267,12 +267,7 @@ def report(result: dict, command: str) -> list[str]:
         lines.append(f"| {r['mode']} | {r['rate']} | {r['seconds']} | {r['requests']} / {r['sent']} | {r['p50']} | "
                      f"{r['p95']} | {r['p99']} | {r['send_lateness_ms']['p99']} | "
                      f"{r.get('cpu_ms_per_request', {}).get('service', '-')} | {r['errors'] or 0} |")
-    lines += ["", "## Goals", ""]
-    for goal, g in result["goals"].items():
-        detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
-        lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
-    notes = result.get("notes", [])
-    return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
+    return lines + goals_and_notes(result["goals"].items(), result.get("notes", []))
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import ingest  # noqa: E402  (bench/)
 from bench_service import DATA, RESULTS, ROOT, Service  # noqa: E402
-from run_all import finish, report_options, rewrite_report  # noqa: E402
+from run_all import finish, goals_and_notes, report_options, rewrite_report  # noqa: E402
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer  # noqa: E402
 from training.data import load_qa_data  # noqa: E402
@@ -335,12 +335,8 @@ def report(result: dict, command: str) -> list[str]:
                               f"({s['docs_per_s']} passages/s, {rows.get('rows', '?')} vectors for "
                               f"{rows.get('documents', '?')} documents)")
         lines += ["", "Ingest: " + "; ".join(timing) + "."]
-    lines += ["", "## Goals", ""]
-    for goal, g in sorted(result["goals"].items(), key=lambda kv: not kv[0].startswith("base")):
-        detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
-        lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
-    notes = result.get("notes", [])
-    return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
+    base_first = sorted(result["goals"].items(), key=lambda kv: not kv[0].startswith("base"))
+    return lines + goals_and_notes(base_first, result.get("notes", []))
 
 
 def main() -> None:

@@ -68,6 +68,16 @@ def rewrite_report(stage: str, notes: list[str], report, results_dir: Path) -> N
     publish(stage, result, report(result, result["command"]), results_dir)
 
 
+def goals_and_notes(goals, notes: list[str]) -> list[str]:
+    """A report's closing sections: each goal ``(name, {..., "met": bool})`` met or not with its numbers, then the
+    notes (when there are any)."""
+    lines = ["", "## Goals", ""]
+    for goal, g in goals:
+        detail = ", ".join(f"{k} {v}" for k, v in g.items() if k != "met")
+        lines.append(f"* {goal}: **{'met' if g['met'] else 'NOT met'}** ({detail})")
+    return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
+
+
 def finish(stage: str, result: dict, lines: list[str], no_docs: bool, results_dir: Path) -> None:
     """Print a benchmark's result and report; publish them unless ``no_docs`` (a smoke run)."""
     print(json.dumps(result, indent=1, ensure_ascii=False))
