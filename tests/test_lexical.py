@@ -221,7 +221,8 @@ def _same_ranking(fts_hits, postings_hits):
 
 def test_in_memory_postings_rank_exactly_as_fts5_bm25_through_writes():
     """The service ranks with Bm25Postings (FTS5's bm25() is too slow at 100k documents): same corpus, same
-    writes (bulk load, single adds, replacements, removals, merges) → FTS5's scores and order."""
+    writes (bulk load, single adds, replacements, removals, merges) → FTS5's scores and order, also when a query
+    is repeated between writes (the postings keep a term's weights until the next write)."""
     analyzer = Analyzer.named("tr")
     words = ("ankara başkent türkiye istanbul boğaz köprü kahve çay osmanlı padişah saray savaş barış ırmak dağ "
              "İzmir ege deniz liman tarih müze kitap okul öğretmen öğrenci ve bir bu da ile").split()
@@ -239,6 +240,9 @@ def test_in_memory_postings_rank_exactly_as_fts5_bm25_through_writes():
             text = " ".join(rng.choice(words, size=rng.integers(1, 30)))
             fts.add(key, text)
             postings.add_many([(key, analyzer.terms(text))])
+        if step % 150 == 0:
+            for _ in range(2):  # the second search reads the weights the first one cached
+                _same_ranking(fts.search("kahve ve çay", 20).hits, postings.search(["kahve", "ve", "çay"], 20))
     assert len(postings) == len(fts)
     for query in ("Ankara'nın başkenti", "osmanlı padişahları ve sarayları", "ırmak IRMAK", "kahve", "yok böyle",
                   "ve bir bu"):

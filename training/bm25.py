@@ -15,7 +15,9 @@ as FTS5's go to the lower rowid. So a ranking here is FTS5's ranking (tests/test
 
 Layout: a base segment (postings per term as one CSC-like array pair) and a delta of postings added since it
 was built; replacing or removing a document marks its slot dead. When the delta or the dead slots grow past a
-quarter of the base, both are merged into a new base. Thread-safe: one lock, held for a write or a query.
+quarter of the base, both are merged into a new base. What each term adds to its documents' scores is kept
+from one query to the next until a write changes the statistics (up to :data:`CACHE_POSTINGS` postings).
+Thread-safe: one lock, held for a write or a query.
 
 Example::
 
@@ -40,6 +42,7 @@ import numpy as np
 K1, B = 1.2, 0.75  # FTS5's bm25() defaults
 MIN_IDF = 1e-6  # FTS5's floor for a term in half the documents or more
 BULK = 100_000  # postings added in one call above which they go straight into a new base
+CACHE_POSTINGS = 1_000_000  # scored postings kept between writes (16 MB)
 
 
 class Bm25Postings:
@@ -59,6 +62,9 @@ class Bm25Postings:
         self._tfs = np.zeros(0, np.float32)
         self._delta: dict[int, tuple[list[int], list[int]]] = {}  # term → (slots, tfs) added since the merge
         self._delta_postings = 0
+        self._writes = 0  # changes since the start: a term's cached weights hold for one value
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_postings, self._cached_at = 0, 0
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -66,6 +72,7 @@ class Bm25Postings:
     def add_many(self, items: Iterable[tuple[Hashable, Sequence[str]]]) -> None:
         """Index each key's terms, replacing what the key held; the last of a repeated key wins."""
         with self._lock:
+            self._writes += 1
             added: tuple[list[int], list[int], list[int]] = ([], [], [])  # terms, slots, tfs
             for key, terms in items:
                 self._drop(key)
@@ -83,6 +90,7 @@ class Bm25Postings:
     def remove(self, key: Hashable) -> None:
         """Drop ``key`` (nothing happens when it is not indexed)."""
         with self._lock:
+            self._writes += 1
             self._drop(key)
             self._maybe_merge()
 
@@ -94,40 +102,50 @@ class Bm25Postings:
             n = len(self._slot)
             if n == 0:
                 return []
-            norm = K1 * (1.0 - B + B * self._lengths / (self._tokens / n))
-            scores = np.zeros(len(self._keys), np.float64)
-            matched = np.zeros(len(self._keys), bool)
-            for term in dict.fromkeys(terms):
-                slots, tfs = self._postings(term)
-                if not len(slots):
-                    continue
-                idf = math.log((n - len(slots) + 0.5) / (len(slots) + 0.5))
-                scores[slots] += max(idf, MIN_IDF) * (tfs * (K1 + 1.0)) / (tfs + norm[slots])
-                matched[slots] = True
-            found = np.flatnonzero(matched)
+            weighted = [self._weights(term, n) for term in dict.fromkeys(terms)]
+            if not weighted:
+                return []
+            scores = np.bincount(np.concatenate([slots for slots, _ in weighted]),  # summed in term order
+                                 np.concatenate([weights for _, weights in weighted]), minlength=len(self._keys))
+            found = np.flatnonzero(scores)  # the matching slots: each term adds at least MIN_IDF * tf / (...) > 0
             if len(found) > k:  # the k best, and every slot tied with the k-th (ties go to the earlier slot)
                 kth = np.partition(scores[found], len(found) - k)[len(found) - k]
                 found = found[scores[found] >= kth]
             order = found[np.lexsort((found, -scores[found]))][:k]
-            return [(self._keys[slot], float(scores[slot])) for slot in order]
+            return list(zip(map(self._keys.__getitem__, order.tolist()), scores[order].tolist(), strict=True))
 
     # ------------------------------------------------------------------ internals (lock held)
+    def _weights(self, term: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``term``'s live slots and what it adds to each one's score, cached until the next write: queries repeat
+        their common terms, whose long postings are most of a query's cost."""
+        if self._cached_at != self._writes:
+            self._cache, self._cache_postings, self._cached_at = {}, 0, self._writes
+        cached = self._cache.get(term)
+        if cached is not None:
+            return cached
+        slots, tfs = self._postings(term)
+        idf = math.log((n - len(slots) + 0.5) / (len(slots) + 0.5)) if len(slots) else 0.0
+        norm = K1 * (1.0 - B + B * self._lengths[slots] / (self._tokens / n))
+        weights = max(idf, MIN_IDF) * (tfs * (K1 + 1.0)) / (tfs + norm)
+        if self._cache_postings + len(slots) <= CACHE_POSTINGS:
+            self._cache[term] = (slots, weights)
+            self._cache_postings += len(slots)
+        return slots, weights
+
     def _postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         """The live slots holding ``term`` and its frequency in each."""
         t = self._vocabulary.get(term)
-        if t is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        slots, tfs = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
-        if t + 1 < len(self._indptr):
+        parts = []
+        if t is not None and t + 1 < len(self._indptr):
             start, stop = self._indptr[t], self._indptr[t + 1]
-            slots.append(self._slots[start:stop].astype(np.int64))
-            tfs.append(self._tfs[start:stop].astype(np.float64))
+            parts.append((self._slots[start:stop], self._tfs[start:stop]))
         if t in self._delta:
-            slots.append(np.asarray(self._delta[t][0], np.int64))
-            tfs.append(np.asarray(self._delta[t][1], np.float64))
-        slots_all, tfs_all = np.concatenate(slots), np.concatenate(tfs)
-        live = self._live[slots_all]
-        return slots_all[live], tfs_all[live]
+            parts.append((np.asarray(self._delta[t][0], np.int64), np.asarray(self._delta[t][1], np.float64)))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        slots, tfs = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts, strict=True))
+        live = self._live[slots]
+        return slots[live], tfs[live].astype(np.float64)
 
     def _add(self, key: Hashable, terms: Sequence[str], added: tuple[list[int], list[int], list[int]]) -> None:
         slot = len(self._keys)
