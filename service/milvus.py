@@ -6,7 +6,9 @@ a search or get issued after an acknowledged write sees it, whichever replica wr
 Names in Milvus (``P`` = ``--milvus_prefix``, ``N`` = the model name, both made Milvus-safe)::
 
     P_N_<model version>   one collection per model version: id, text, metadata (JSON), updated_at
-                          (ms), vector; properties qaembed.model_version, qaembed.state, qaembed.synced_ms
+                          (ms), vector (a long document's first window), BM25 terms; properties
+                          qaembed.model_version, qaembed.state, qaembed.synced_ms
+    P_N_<model version>_windows   the windows of its long documents, one row each (:mod:`service.milvus_windows`)
     P_N                   alias: the collection serving now (switched atomically after a re-embed)
     P_N_feedback          POST /feedback records (read by ``python -m service export-feedback``)
 
@@ -54,8 +56,10 @@ from typing import Any
 import numpy as np
 
 from training.analyzer import Analyzer, AnalyzerError
+from training.chunking import WindowVectors
 
 from . import milvus_lexical as bm25
+from . import milvus_windows as windows
 from .collection import DocumentCollection
 from .documents import Document, Hit
 from .errors import IndexUnavailable, TooLarge, Unprocessable
@@ -100,10 +104,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _quote_ids(ids: Sequence[str]) -> str:
-    return "[" + ", ".join(json.dumps(i, ensure_ascii=False) for i in ids) + "]"
-
-
 class MilvusStore(MilvusFeedback):
     """One connection to a Milvus server/cluster (or a Milvus Lite file) and the names of one model."""
 
@@ -141,9 +141,9 @@ class MilvusStore(MilvusFeedback):
         return f"{self.alias}_{milvus_name(version)}"
 
     def versions(self) -> list[str]:
-        """The collections of every model version of this name."""
-        return [n for n in self.call(self.client.list_collections)
-                if n.startswith(self.alias + "_") and n != self.feedback_name]
+        """The collections of every model version of this name (their windows' collections not included)."""
+        return [n for n in self.call(self.client.list_collections) if n.startswith(self.alias + "_")
+                and n != self.feedback_name and not n.endswith(windows.SUFFIX)]
 
     def attach(self, name: str) -> MilvusCollection:
         """An existing collection (e.g. the one the alias names), with its dimension and model version."""
@@ -156,7 +156,8 @@ class MilvusStore(MilvusFeedback):
                 analyzer = bm25.recorded_analyzer(described.get("properties", {}))
             except AnalyzerError:  # another release's analyzer: still readable as a fill source, not searchable
                 log.warning("collection %s records an analyzer this release does not know", name)
-        return MilvusCollection(self, name, dim, version, analyzer)
+        has_windows = self.call(self.client.has_collection, name + windows.SUFFIX)
+        return MilvusCollection(self, name, dim, version, analyzer, has_windows)
 
     def serving(self) -> str | None:
         """The collection the alias names (``None`` before the first switch)."""
@@ -199,7 +200,8 @@ class MilvusStore(MilvusFeedback):
         if recorded is not None:
             self.analyzer.check_same(recorded.describe())
         self.call(self.client.load_collection, name)
-        return MilvusCollection(self, name, dim, version, self.analyzer)
+        windows.MilvusWindows(self, name, dim, self.settings.milvus_consistency).create()
+        return MilvusCollection(self, name, dim, version, self.analyzer, has_windows=True)
 
     def _lexical(self, name: str) -> bool:
         return bm25.has_lexical_fields(self.call(self.client.describe_collection, name))
@@ -261,11 +263,13 @@ class MilvusCollection(DocumentCollection):
     workers = 8  # RPCs wait on the network, not on a local index: let several run at once
 
     def __init__(self, store: MilvusStore, name: str, dim: int, model_version: str,
-                 analyzer: Analyzer | None = None) -> None:
+                 analyzer: Analyzer | None = None, has_windows: bool = False) -> None:
         self.store, self.name, self.dim, self.model_version = store, name, dim, model_version
         self.analyzer = analyzer  # None: the previous release's collection, without the BM25 field
         self.client = store.client
         self.consistency = store.settings.milvus_consistency
+        # None: attached without a windows collection (a fill source made by an older release)
+        self.windows = windows.MilvusWindows(store, name, dim, self.consistency) if has_windows else None
 
     def __len__(self) -> int:
         rows = self.store.call(self.client.query, self.name, filter="", output_fields=["count(*)"],
@@ -288,33 +292,36 @@ class MilvusCollection(DocumentCollection):
 
     def upsert(self, docs: Sequence[Document], vectors: np.ndarray, owners: np.ndarray | None = None,
                spans: Sequence | None = None) -> None:
-        """One row per document: a long document chunked into windows (``owners``) keeps its first window,
-        the text the model sees when it truncates (Milvus does not store windows yet: ``info()['chunking']``)."""
-        if owners is not None:
-            owners = np.asarray(owners)
-            first = [int(np.flatnonzero(owners == i)[0]) for i in range(len(docs))]
-            vectors = np.asarray(vectors)[first]
+        """Documents with their windows' vectors (:meth:`DocumentCollection.upsert`; the last of a repeated id
+        wins): each document's row, then its windows' rows when it has several (:mod:`service.milvus_windows`)."""
         now = now_ms()
-        self.write([(doc, now) for doc in docs], vectors, check=True)
+        self.write([(doc, now) for doc in docs], windows.rows_of(len(docs), self.dim, vectors, owners, spans),
+                   check=True)
 
-    def write(self, rows: Sequence[tuple[Document, int]], vectors: np.ndarray, check: bool = False) -> None:
-        """Upsert documents with their ``updated_at`` (a re-embed keeps the original write time)."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(rows), self.dim)
-        last = {doc.id: i for i, (doc, _) in enumerate(rows)}  # a repeated id: the last one wins
+    def write(self, rows: Sequence[tuple[Document, int]], vectors: np.ndarray | WindowVectors,
+              check: bool = False) -> None:
+        """Upsert documents with their ``updated_at`` (a re-embed keeps the original write time) and their
+        vectors: one per document, or every window (:class:`training.chunking.WindowVectors`)."""
+        if not isinstance(vectors, WindowVectors):
+            vectors = WindowVectors.one_each(np.asarray(vectors, dtype=np.float32).reshape(len(rows), self.dim))
+        keep = sorted({doc.id: i for i, (doc, _) in enumerate(rows)}.values())  # a repeated id: the last one wins
+        rows, vectors = [rows[i] for i in keep], windows.select(vectors, keep)
+        first = windows.first_windows(vectors)
         data = []
-        for i in sorted(last.values()):
-            doc, updated_at = rows[i]
+        for (doc, updated_at), vector in zip(rows, first, strict=True):
             if len(doc.text.encode()) > MAX_TEXT_BYTES:
                 raise TooLarge(f"document {doc.id!r}: text is {len(doc.text.encode())} bytes in UTF-8, "
                                f"Milvus stores at most {MAX_TEXT_BYTES}")
             data.append({"id": doc.id, "text": doc.text, "metadata": dict(doc.metadata),
-                         "updated_at": updated_at, "vector": vectors[i].tolist()})
+                         "updated_at": updated_at, "vector": vector.tolist()})
             if self.analyzer is not None:
                 data[-1][bm25.TERMS_FIELD] = bm25.terms_text(self.analyzer, doc.text)
         if check:
             self._check_serving()
         if data:
             self.store.call(self.client.upsert, self.name, data)
+            if self.windows is not None:
+                self.windows.write([doc for doc, _ in rows], vectors)
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         self._check_serving()
@@ -322,7 +329,15 @@ class MilvusCollection(DocumentCollection):
         found = {r["id"] for r in self.store.call(self.client.get, self.name, ids=ids, output_fields=["id"])}
         for name in self.store.versions():  # a collection being re-embedded must not keep it either
             self.store.call(self.client.delete, name, ids=ids)
+            windows.MilvusWindows(self.store, name, self.dim, self.consistency).delete(ids, missing_ok=True)
         return [i for i in ids if i in found]
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove documents (and their windows) from this collection only (a re-embed's reconciliation)."""
+        for start in range(0, len(ids), 1000):
+            self.store.call(self.client.delete, self.name, ids=list(ids[start:start + 1000]))
+        if self.windows is not None:
+            self.windows.delete(list(ids))
 
     def _check_serving(self) -> None:
         """Writes go only to the collection the alias names: a replica still on an older model refuses
@@ -340,8 +355,13 @@ class MilvusCollection(DocumentCollection):
         results = self.store.call(self.client.search, self.name, data=queries.tolist(), limit=k, filter=expr,
                                   output_fields=["text", "metadata"], search_params=self.store.search_params(k),
                                   consistency_level=self.consistency)
-        return [[Hit(Document(h["id"], h["entity"]["text"], h["entity"]["metadata"] or {}), float(h["distance"]))
-                 for h in row] for row in results]
+        best = self.windows.search(queries, k, expr) if self.windows is not None else [{}] * len(results)
+        merged = [windows.merge(row, chunked, k) for row, chunked in zip(results, best, strict=True)]
+        docs = {h["id"]: Document(h["id"], h["entity"]["text"], h["entity"]["metadata"] or {})
+                for row in results for h in row}
+        docs.update(self.get_many([i for hits in merged for i, _, _ in hits if i not in docs]))
+        # a window whose document is gone (deleted between the two searches) is left out
+        return [[Hit(docs[i], score, span=span) for i, score, span in hits if i in docs] for hits in merged]
 
     def documents(self, batch_size: int) -> Iterator[list[Document]]:
         for batch in self.rows(batch_size):
@@ -360,7 +380,8 @@ class MilvusCollection(DocumentCollection):
         return {"type": f"milvus {self.store.settings.milvus_index_type}", "backend": "milvus",
                 "collection": self.name, "alias": self.store.alias, "documents": len(self),
                 "model_version": self.model_version, "consistency": self.consistency, "read_only": False,
-                "chunking": "none: one vector per document, its beginning (the model truncates)",
+                "windows": len(self) + (self.windows.beyond_first() if self.windows is not None else 0),
+                "chunking": windows.DESCRIPTION if self.windows is not None else "none: one vector per document",
                 "lexical": "milvus bm25" if self.analyzer is not None else None}
 
     def lexical(self) -> bm25.MilvusLexical:

@@ -10,7 +10,9 @@ to ``text`` and ``vector``:
 
 and records the analyzer's description in the collection property ``qaembed.analyzer``: opening it with another
 ``--analyzer`` is refused (:class:`training.analyzer.AnalyzerError`) instead of answering queries analysed
-differently from its documents.
+differently from its documents. Its rows are one per document: the windows of a long document live in another
+collection (:mod:`service.milvus_windows`), because Milvus counts every row of a collection in BM25's statistics
+(the number of documents, their average length).
 
 Why the terms are analysed here and not by a Milvus analyzer (``standard`` tokenizer + ``lowercase`` +
 ``stemmer: turkish``): Milvus's ``lowercase`` filter lowercases ``I`` to ``i`` and ``İ`` to ``i`` + U+0307 (the

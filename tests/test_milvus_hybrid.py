@@ -103,13 +103,16 @@ def test_upsert_and_delete_keep_the_lexical_index_in_step(store):
     assert [i for i, _ in collection.lexical().search("fil", k=5).hits] == ["gone"]
     assert collection.delete(["gone"]) == ["gone"]
     assert collection.lexical().search("fil büyük", k=5).hits == []
-    # a chunked write (several windows per document): Milvus keeps each document's first window (truncation)
+    # a chunked write (several windows per document): every window is searchable, BM25 has the document once
     windows = unit(rng, 3)
     collection.upsert([Document("long", "Uzun belge.", {}), Document("short", "Kısa.", {})], windows,
                       owners=np.array([0, 0, 1]), spans=[(0, 4), (3, 11), None])
-    assert collection.search(windows[0:1], k=1)[0][0].doc.id == "long"
-    assert collection.search(windows[0:1], k=1)[0][0].score == pytest.approx(1.0, abs=1e-5)
-    assert collection.search(windows[2:3], k=1)[0][0].doc.id == "short"
+    hit = collection.search(windows[1:2], k=1)[0][0]
+    assert (hit.doc.id, hit.span) == ("long", (3, 11)) and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert (collection.search(windows[2:3], k=1)[0][0].doc.id, collection.search(windows[2:3], k=1)[0][0].span) == (
+        "short", None)
+    assert collection.lexical().search("uzun belge", k=5).hits[0][0] == "long"
+    assert [i for i, _ in collection.lexical().search("uzun belge", k=5).hits].count("long") == 1
     assert collection.delete(["long", "short"]) == ["long", "short"]
 
 

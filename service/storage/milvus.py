@@ -8,8 +8,8 @@ model version has its own collection and an alias names the one serving (:mod:`s
   collection the alias names (re-embedding what it lacks), then move the alias to it. A collection the
   previous release made (no BM25 field) is filled the same way into ``<its name>_bm25``, once.
 * lexical search: Milvus's BM25 function on the serving collection (:mod:`service.milvus_lexical`).
-* long documents: one vector per document, its beginning (``fill`` embeds with ``embed_bulk``, which
-  truncates; a chunked write keeps its first window): windows are not stored in Milvus yet.
+* long documents: every window is stored (:mod:`service.milvus_windows`); ``fill`` re-embeds with
+  ``embed_documents``, which cuts each document into the new model's windows again.
 * reload: fill the new version's collection while the old one serves; at the swap, move the alias and
   fill once more with what was written meanwhile (this replica's writes, and other replicas' until
   they saw the switch).
@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from training.chunking import WindowVectors
 
 from ..errors import IndexUnavailable
 from ..milvus import MilvusCollection, MilvusStore, now_ms
@@ -83,7 +85,7 @@ class MilvusStorage(Storage):
         what it lacks); with ``switch`` the alias moves to it at once."""
         target = await asyncio.to_thread(self.milvus.open, model.spec.version, model.dimension)
         source = await self._source(target)
-        embedded = await fill(source, target, model.embed_bulk, model.bulk_chunk, progress)
+        embedded = await fill(source, target, _windows_of(model), model.bulk_chunk, progress)
         if source is not None:
             log.info("collection %s: %d documents re-embedded from %s", target.name, embedded, source.name)
         if switch:
@@ -95,7 +97,7 @@ class MilvusStorage(Storage):
         last pass (this replica's writes during a reload, other replicas' until they saw the switch)."""
         source = await self._source(target)
         await asyncio.to_thread(self.milvus.switch, target)
-        caught_up = await fill(source, target, model.embed_bulk, model.bulk_chunk)
+        caught_up = await fill(source, target, _windows_of(model), model.bulk_chunk)
         if caught_up:
             log.info("collection %s: %d recent writes caught up", target.name, caught_up)
 
@@ -131,8 +133,13 @@ class MilvusStorage(Storage):
         self._closing.close()
 
 
+def _windows_of(model: EmbeddingModel) -> Callable[[list[str]], Awaitable[WindowVectors]]:
+    """Documents → every window embedded by ``model`` (cut by its tokenizer), in bulk."""
+    return lambda texts: model.embed_documents(texts, bulk=True)
+
+
 async def fill(source: MilvusCollection | None, target: MilvusCollection,
-               embed: Callable[[list[str]], Awaitable[np.ndarray]], batch_size: int = 256,
+               embed: Callable[[list[str]], Awaitable[WindowVectors | np.ndarray]], batch_size: int = 256,
                progress: Callable[[int], None] | None = None) -> int:
     """Bring ``target`` up to date with ``source`` (another model's collection), re-embedding what changed.
 
@@ -141,6 +148,7 @@ async def fill(source: MilvusCollection | None, target: MilvusCollection,
     A target that already serves gets only the documents written to ``source`` since its last
     full pass (minus the clock skew): writes of replicas that still ran the old model. Newer
     ``updated_at`` always wins, so nothing written directly into ``target`` is overwritten.
+    ``embed`` gives every window of the texts (:class:`training.chunking.WindowVectors`), or one vector each.
     Returns the number of documents embedded.
     """
     if source is None or source.name == target.name:
@@ -173,5 +181,4 @@ def _drop_deleted(source: MilvusCollection, target: MilvusCollection, before_ms:
         old = [doc.id for doc, at in batch if at < before_ms]
         alive = source.updated(old) if old else {}
         gone += [i for i in old if i not in alive]
-    for start in range(0, len(gone), 1000):
-        target.store.call(target.client.delete, target.name, ids=gone[start:start + 1000])
+    target.remove(gone)
