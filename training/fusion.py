@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -85,16 +86,14 @@ def weighted_fusion(dense: Ranked, lexical: Ranked, alpha: float, limit: int | N
     alpha = check_alpha(alpha)
     dense_norm, lexical_norm = min_max(dense), min_max(lexical)
     raw_dense, raw_lexical = dict(dense), dict(lexical)
-    listed = dict.fromkeys([key for key, _ in dense] + [key for key, _ in lexical])
-    first_seen = {key: order for order, key in enumerate(listed)}
-    heavier, lighter = (dense_norm, lexical_norm) if alpha >= 0.5 else (lexical_norm, dense_norm)
-
-    def fused(key: Hashable) -> float:
-        return alpha * dense_norm.get(key, 0.0) + (1.0 - alpha) * lexical_norm.get(key, 0.0)
-
-    order = sorted(first_seen, key=lambda key: (-fused(key), -heavier.get(key, -1.0), -lighter.get(key, -1.0),
-                                                 first_seen[key]))
-    return [FusedHit(key, fused(key), raw_dense.get(key), raw_lexical.get(key)) for key in order[:limit]]
+    rows = []  # sort keys: fused score, heavier side's, lighter side's (absent: below any), first listed
+    for first_seen, key in enumerate(dict.fromkeys([key for key, _ in dense] + [key for key, _ in lexical])):
+        d, x = dense_norm.get(key), lexical_norm.get(key)
+        heavier, lighter = (d, x) if alpha >= 0.5 else (x, d)
+        rows.append((-(alpha * (d or 0.0) + (1.0 - alpha) * (x or 0.0)), 1.0 if heavier is None else -heavier,
+                     1.0 if lighter is None else -lighter, first_seen, key))
+    best = sorted(rows) if limit is None else heapq.nsmallest(limit, rows)  # first_seen is unique: keys never compared
+    return [FusedHit(key, -score, raw_dense.get(key), raw_lexical.get(key)) for score, _, _, _, key in best]
 
 
 def rrf_fusion(dense: Ranked, lexical: Ranked, k: int = RRF_K, limit: int | None = None) -> list[FusedHit]:
