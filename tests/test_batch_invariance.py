@@ -1,6 +1,6 @@
 """Same text, same vector (issue 17): the parity gate's batch-invariance check fails closed, old bundles stay
-invariant, and through a real uvicorn server a text's vector and a query's ranking never depend on what else
-is in flight."""
+invariant, and through a real uvicorn server (the ONNX int8 and fp32 variants, and ``--backend torch``) a text's
+vector and a query's ranking never depend on what else is in flight."""
 
 from __future__ import annotations
 
@@ -95,15 +95,18 @@ def test_bundles_without_a_quantization_mode_are_dynamic_int8_and_run_per_sequen
 
 
 # ------------------------------------------------------------------------------ through the real service
-@pytest.fixture(scope="module", params=["int8", "onnx-optimized"])
-def server(request, exported_bundle, example_data, tmp_path_factory):
+@pytest.fixture(scope="module", params=["int8", "onnx-optimized", "torch"])
+def server(request, exported_bundle, example_data, minilm_path, tmp_path_factory):
     from tests.test_service_api import ServerThread, settings_for  # the API tests' server, as they run it
 
     # two inference workers (intra_op_threads 2), a long batching wait: requests in flight share passes; no
-    # queue-wait bound, so a slow shared test machine sheds nothing (shedding is not what is tested here)
+    # queue-wait bound, so a slow shared test machine sheds nothing (shedding is not what is tested here).
+    # "torch": --backend torch on the bundled MiniLM's sentence-transformers folder (fp32, padded batches), with
+    # two forward passes at once as well (its own default is one)
+    engine = (dict(backend="torch", torch_model=minilm_path, inference_workers=2) if request.param == "torch"
+              else dict(variant=request.param))
     srv = ServerThread(settings_for(exported_bundle, data_dir=tmp_path_factory.mktemp("data"), corpus=[example_data],
-                                    variant=request.param, intra_op_threads=2, max_wait_ms=20,
-                                    max_queue_wait_ms=0)).start()
+                                    intra_op_threads=2, max_wait_ms=20, max_queue_wait_ms=0, **engine)).start()
     yield srv
     srv.stop()
 
@@ -131,6 +134,7 @@ def test_a_text_has_one_vector_alone_in_batches_and_under_concurrent_load(server
     expected_batching = "one sequence per pass" if info["variant"] == "int8" else "padded batches"
     assert info["batching"] == expected_batching
     assert info["quantization"] == ("dynamic" if info["variant"] == "int8" else "none")
+    assert (info["backend"], info["variant"]) in {("onnx", "int8"), ("onnx", "onnx-optimized"), ("torch", "fp32")}
     with httpx.Client(base_url=server.url, timeout=60) as client:
         alone = np.concatenate([_embed(client, text) for text in TEXTS])
         rng = np.random.default_rng(0)
