@@ -6,13 +6,19 @@ non-padding tokens), the ratio to torch and the mean cosine to torch. int8 runs 
 (dynamic int8 before issue 17: not batch-invariant) and one sequence per pass (what the runtime and the
 service run now: batch-invariant); each row names its quantisation mode and how it batches. Then the int8 investigation:
 onnxruntime's per-op profile of fp32 vs int8, and one row per change (graph fusion before
-quantisation, per-channel, quantised operator set, sorting by length, threads, spinning).
+quantisation, per-channel, quantised operator set, sorting by length, threads, spinning). Last, the goal's
+ratio (int8 as served vs torch, short queries, batch 32) measured with both engines interleaved (A B, B A, ...),
+its median over the pairs (``bench/interleaved.py``): the goal line reads it, not the tables.
 
 Timings take the best of ``--repeats`` runs: other processes share the CPU and only slow runs down.
 
     .venv/bin/python bench/bench_export.py --data_dir ../shared/data/turkish-qa --threads 2
 
-Writes docs/benchmarks/export.md and docs/benchmarks/export.png (``--out``).
+Writes docs/benchmarks/export.md and docs/benchmarks/export.png (``--out``). ``--only interleaved`` measures
+only the goal's interleaved ratio (about a minute: an export, then 7 pairs) and rewrites only that section;
+``--no_docs`` prints instead of writing; ``--report_only`` rewrites that section from the last saved result.
+
+    .venv/bin/python bench/bench_export.py --threads 2 --only interleaved --note "..."
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -37,7 +45,12 @@ from export.gates import mean_cosine  # noqa: E402
 from export.quantize import cpu_flags, detect_int8_target, quantize_int8  # noqa: E402
 from export.runtime import OnnxEncoder, pad_batch, quantization_mode, session_options  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import interleaved  # noqa: E402  (bench/)
+from run_all import report_options  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 NOTES_MARKER = "<!-- analysis: kept when the benchmark re-runs -->"
 FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -53,7 +66,16 @@ def main() -> None:
     parser.add_argument("--load_note", default="not recorded",
                         help="how busy the machine was (other jobs, load average), printed in the report")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "export.md"))
+    parser.add_argument("--only", choices=("interleaved",),
+                        help="interleaved: only the goal's interleaved ratio; rewrites only its section")
+    parser.add_argument("--pairs", type=int, default=7, help="interleaved torch/int8 pairs for the goal's ratio")
+    parser.add_argument("--passes", type=int, default=4, help="encodes of the 32 queries per interleaved round")
+    report_options(parser)  # --note, --no_docs; --report_only: the interleaved section, from its last result
     args = parser.parse_args()
+    doc = Path(args.out)
+    if args.report_only:
+        interleaved.rewrite(args.note, doc, RESULTS, args.no_docs, NOTES_MARKER)
+        return
 
     import torch
     from sentence_transformers import SentenceTransformer
@@ -73,6 +95,9 @@ def main() -> None:
         export_seconds = time.perf_counter() - started
         bundle = open_bundle(scratch, "bench")
         model = SentenceTransformer(model_dir, device="cpu")
+        if args.only == "interleaved":
+            interleaved.publish(_interleaved(model, bundle, questions, args), doc, RESULTS, args.no_docs, NOTES_MARKER)
+            return
         modes = {v: quantization_mode(v, bundle.manifest["variants"][v]) for v in ("onnx", "onnx-optimized", "int8")}
         engines = [("onnx", "onnx", False), ("onnx-optimized", "onnx-optimized", False),
                    ("int8 padded", "int8", False), ("int8 per-seq", "int8", True)]
@@ -98,15 +123,34 @@ def main() -> None:
 
         study = _int8_study(bundle, Path(scratch), model, questions, args)
         profile = _profile(bundle, questions[:32], args.threads)
+        goal = _interleaved(model, bundle, questions, args)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _plot(rows, out.with_suffix(".png"))
-    report = _report(rows, study, profile, flags, export_seconds, args, out.with_suffix(".png").name)
+    report = _report(rows, study, profile, flags, export_seconds, args, doc.with_suffix(".png").name)
+    report += "\n" + "\n".join(interleaved.report(goal)) + "\n"
+    if args.no_docs:
+        print(report + "(--no_docs: nothing written)")
+        return
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    _plot(rows, doc.with_suffix(".png"))
+    interleaved.save(goal, RESULTS)
     # Hand-written analysis below the marker survives a re-run.
-    notes = out.read_text().partition(NOTES_MARKER) if out.exists() else ("", "", "")
-    out.write_text(report + ("\n" + NOTES_MARKER + notes[2] if notes[1] else ""))
-    print(f"wrote {out}")
+    notes = doc.read_text().partition(NOTES_MARKER) if doc.exists() else ("", "", "")
+    doc.write_text(report + ("\n" + NOTES_MARKER + notes[2] if notes[1] else ""))
+    print(f"wrote {doc}")
+
+
+def _interleaved(model, bundle, questions, args) -> dict:
+    """The goal's ratio: torch and int8 as served (one sequence per pass), timed in alternation on the first 32
+    short queries at batch 32 (``bench/interleaved.py``), with the command, date and load around it."""
+    model.max_seq_length = 128
+    encoder = OnnxEncoder.from_files(bundle.variant_path("int8"), bundle.tokenizer_path, 128, args.threads,
+                                     per_sequence=True)
+    print(f"goal ratio, interleaved: {args.pairs} pairs of {args.passes} encodes of 32 short queries", flush=True)
+    load_before = interleaved.load_average()
+    result = interleaved.measure(lambda texts: model.encode(texts, batch_size=32),
+                                 lambda texts: encoder.encode(texts, 32), questions[:32], args.pairs, args.passes)
+    command = ".venv/bin/python bench/bench_export.py " + shlex.join(sys.argv[1:])
+    return interleaved.stamp(result, command, args.threads, args.note, load_before)
 
 
 def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
