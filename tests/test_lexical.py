@@ -298,8 +298,8 @@ def test_alpha_is_chosen_on_the_task_from_the_grid(example_data):
     result = compare_retrievers(task, random_model, random_model, Analyzer.named("tr"))
     fusion = result["fusion"]
     assert list(fusion["mrr@10_by_alpha"]) == [f"{a:.1f}" for a in ALPHA_GRID]
-    assert fusion["mrr@10_by_alpha"][f"{fusion['alpha']:.1f}"] == max(fusion["mrr@10_by_alpha"].values())
-    assert result["hybrid"]["mrr@10"] == max(fusion["mrr@10_by_alpha"].values())
+    assert result["hybrid"]["mrr@10"] == fusion["mrr@10_by_alpha"][f"{fusion['alpha']:.1f}"]
+    assert fusion["alpha"] == 0.0  # a model that knows nothing adds nothing BM25's order lacks: BM25 alone
     assert fusion["mrr@10_by_alpha"]["0.0"] == result["bm25"]["mrr@10"]  # α = 0 is BM25's order
     assert fusion["mrr@10_by_alpha"]["1.0"] == result["dense"]["mrr@10"]  # α = 1 the model's
     assert result["bm25"]["mrr@10"] > 0.8 > result["dense"]["mrr@10"]  # words shared with the passage count
@@ -308,6 +308,37 @@ def test_alpha_is_chosen_on_the_task_from_the_grid(example_data):
     fixed = compare_retrievers(task, random_model, random_model, Analyzer.named("tr"), alpha=0.3)
     assert fixed["fusion"]["alpha"] == 0.3 and "mrr@10_by_alpha" not in fixed["fusion"]
     assert fixed["hybrid"]["mrr@10"] == fusion["mrr@10_by_alpha"]["0.3"]
+
+
+def _two_rankers(lexical_right: int, dense_right: int) -> tuple[RetrievalTask, list, list]:
+    """Queries that BM25 ranks right (its answer first, the model's decoy second) and queries the model ranks right
+    with BM25 nearly right: a fused ranking gets every query right at any α strictly between 0.1 and 0.9."""
+    count = lexical_right + dense_right
+    task = RetrievalTask(tuple(f"q{i}" for i in range(count)), tuple(f"p{i}" for i in range(3 * count)),
+                         tuple(frozenset([i]) for i in range(count)))
+    dense, lexical = [], []
+    for i in range(count):
+        decoy, other = count + i, 2 * count + i
+        if i < lexical_right:
+            lexical.append([(i, 10.0), (other, 5.0), (decoy, 0.0)])
+            dense.append([(decoy, 0.9), (i, 0.85), (other, 0.1)])
+        else:
+            lexical.append([(decoy, 10.0), (i, 9.5), (other, 0.0)])
+            dense.append([(i, 0.9), (other, 0.5), (decoy, 0.1)])
+    return task, dense, lexical
+
+
+def test_alpha_is_the_one_nearest_the_better_ranker_within_one_standard_error_of_the_best():
+    # half the queries need each side: every fused α gets MRR 1.0, either side alone 0.75 -> far more than one
+    # standard error: the fused α nearest the better single ranker (a tie: the model's, α = 1)
+    alpha, by_alpha = choose_alpha(*_two_rankers(20, 20))
+    assert (by_alpha["0.0"], by_alpha["1.0"], by_alpha["0.5"]) == (0.75, 0.75, 1.0) and alpha == 0.9
+    # one query of 40 gained is exactly one standard error: BM25 alone, the better single ranker, stays
+    alpha, by_alpha = choose_alpha(*_two_rankers(39, 1))
+    assert by_alpha["0.5"] == 1.0 > by_alpha["0.0"] == 0.9875 > by_alpha["1.0"] and alpha == 0.0
+    # eight queries of 40 gained: a real gain, the fused α nearest BM25
+    alpha, by_alpha = choose_alpha(*_two_rankers(32, 8))
+    assert by_alpha["0.1"] == 1.0 > by_alpha["0.0"] and alpha == 0.1
 
 
 def test_a_query_without_terms_misses_in_bm25_but_the_hybrid_falls_back_to_the_model():

@@ -45,7 +45,6 @@ def test_metrics_json_holds_four_rankers_and_the_chosen_alpha(trained):
     assert fusion["alpha"] in ALPHA_GRID
     assert list(fusion["mrr@10_by_alpha"]) == [f"{alpha:.1f}" for alpha in ALPHA_GRID]
     assert metrics["hybrid"]["mrr@10"] == fusion["mrr@10_by_alpha"][f"{fusion['alpha']:.1f}"]
-    assert metrics["hybrid"]["mrr@10"] == max(fusion["mrr@10_by_alpha"].values())
     assert metrics["hybrid"]["mrr@10"] >= max(metrics["bm25"]["mrr@10"], metrics["finetuned"]["mrr@10"])
     assert fusion["mrr@10_by_alpha"]["0.0"] == metrics["bm25"]["mrr@10"]
     assert fusion["mrr@10_by_alpha"]["1.0"] == metrics["finetuned"]["mrr@10"]

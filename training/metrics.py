@@ -93,16 +93,25 @@ def ranking_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[frozense
     totals = dict.fromkeys(METRIC_NAMES, 0.0)
     for ids, gold in zip(ranked, relevant):
         hits = [int(doc_id) in gold for doc_id in ids[:10]]
-        first_hit = hits.index(True) if any(hits) else None
         for cutoff in (1, 3, 10):
             totals[f"accuracy@{cutoff}"] += float(any(hits[:cutoff]))
-        totals["mrr@10"] += 0.0 if first_hit is None else 1.0 / (first_hit + 1)
+        totals["mrr@10"] += _reciprocal_rank(hits)
         dcg = sum(1.0 / np.log2(rank + 2) for rank, hit in enumerate(hits) if hit)
         ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(len(gold), 10)))
         totals["ndcg@10"] += dcg / ideal
         totals["recall@10"] += sum(hits) / len(gold)
     count = max(len(relevant), 1)
     return {name: round(value / count, 6) for name, value in totals.items()}
+
+
+def reciprocal_ranks(ranked: Sequence[Sequence[int]], relevant: Sequence[frozenset[int]]) -> np.ndarray:
+    """Per query, 1 / the rank of its first relevant id in the top 10 (0 when none): MRR@10 is their mean."""
+    return np.array([_reciprocal_rank([int(doc_id) in gold for doc_id in ids[:10]])
+                     for ids, gold in zip(ranked, relevant)], np.float64)
+
+
+def _reciprocal_rank(hits: Sequence[bool]) -> float:
+    return next((1.0 / rank for rank, hit in enumerate(hits, start=1) if hit), 0.0)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
