@@ -82,12 +82,12 @@ class Collection(DocumentCollection):
                spans: Sequence[Span | None] | None = None) -> None:
         """Insert or replace documents with their vectors: row ``i`` of ``vectors`` belongs to ``docs[owners[i]]``
         (default: one row each) and covers ``spans[i]`` of its text (None: all of it)."""
-        rows = _rows(len(docs), self.dim, vectors, owners, spans)
+        rows = WindowVectors.of_documents(len(docs), self.dim, vectors, owners, spans)
         # a batch may name an id twice: the last one wins
         last = {doc.id: i for i, doc in enumerate(docs)}
         keep = sorted(last.values())
         self.delete([docs[i].id for i in keep])
-        labels = self._append([docs[i] for i in keep], _select(rows, keep))
+        labels = self._append([docs[i] for i in keep], rows.select(keep))
         self.index.add(labels, self._vectors[labels])
 
     def _append(self, docs: Sequence[Document], rows: WindowVectors) -> np.ndarray:
@@ -228,7 +228,7 @@ class Collection(DocumentCollection):
         read back that already holds ``vectors`` under labels 0..n-1, in order). ``owners``, ``spans``: as in
         :meth:`upsert` (default: one row per document)."""
         c = cls(dim, config, model_version, read_only)
-        rows = _rows(len(docs), dim, vectors, owners, spans)
+        rows = WindowVectors.of_documents(len(docs), dim, vectors, owners, spans)
         if prebuilt is not None:
             c._append(docs, rows)
             c.index = prebuilt
@@ -250,27 +250,3 @@ class Collection(DocumentCollection):
                 "nprobe": self.config.nprobe if self.index.kind.startswith("ivf") else None,
                 "ef_search": self.config.ef_search if self.index.kind.startswith("hnsw") else None,
                 "model_version": self.model_version, "backend": "faiss", "read_only": self.read_only}
-
-
-def _rows(n_docs: int, dim: int, vectors: np.ndarray, owners: np.ndarray | None,
-          spans: Sequence[Span | None] | None) -> WindowVectors:
-    """The rows of ``n_docs`` documents; checks that every document has at least one, in order."""
-    vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
-    owners = np.arange(n_docs, dtype=np.int64) if owners is None else np.asarray(owners, dtype=np.int64)
-    spans = [None] * len(vectors) if spans is None else list(spans)
-    if not (len(vectors) == len(owners) == len(spans)) or (
-            n_docs and (np.any(np.diff(owners) < 0) or set(owners.tolist()) != set(range(n_docs)))):
-        raise ValueError(f"{len(vectors)} vectors, {len(owners)} owners and {len(spans)} spans do not cover "
-                         f"{n_docs} documents in order")
-    return WindowVectors(vectors, owners, spans, n_docs)
-
-
-def _select(rows: WindowVectors, keep: Sequence[int]) -> WindowVectors:
-    """The rows of the documents ``keep`` (indices in order), owners renumbered 0..len(keep)-1."""
-    if len(keep) == rows.count:
-        return rows
-    new = {old: i for i, old in enumerate(keep)}
-    mask = np.isin(rows.owners, np.asarray(keep, dtype=np.int64))
-    chosen = np.flatnonzero(mask)
-    return WindowVectors(rows.vectors[chosen], np.asarray([new[int(o)] for o in rows.owners[chosen]], dtype=np.int64),
-                         [rows.spans[i] for i in chosen], len(keep))

@@ -295,8 +295,8 @@ class MilvusCollection(DocumentCollection):
         """Documents with their windows' vectors (:meth:`DocumentCollection.upsert`; the last of a repeated id
         wins): each document's row, then its windows' rows when it has several (:mod:`service.milvus_windows`)."""
         now = now_ms()
-        self.write([(doc, now) for doc in docs], windows.rows_of(len(docs), self.dim, vectors, owners, spans),
-                   check=True)
+        rows = WindowVectors.of_documents(len(docs), self.dim, vectors, owners, spans)
+        self.write([(doc, now) for doc in docs], rows, check=True)
 
     def write(self, rows: Sequence[tuple[Document, int]], vectors: np.ndarray | WindowVectors,
               check: bool = False) -> None:
@@ -305,7 +305,7 @@ class MilvusCollection(DocumentCollection):
         if not isinstance(vectors, WindowVectors):
             vectors = WindowVectors.one_each(np.asarray(vectors, dtype=np.float32).reshape(len(rows), self.dim))
         keep = sorted({doc.id: i for i, (doc, _) in enumerate(rows)}.values())  # a repeated id: the last one wins
-        rows, vectors = [rows[i] for i in keep], windows.select(vectors, keep)
+        rows, vectors = [rows[i] for i in keep], vectors.select(keep)
         first = windows.first_windows(vectors)
         data = []
         for (doc, updated_at), vector in zip(rows, first, strict=True):

@@ -53,30 +53,6 @@ def quote(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in values) + "]"
 
 
-def rows_of(n_docs: int, dim: int, vectors: np.ndarray, owners: np.ndarray | None,
-            spans: Sequence | None) -> WindowVectors:
-    """The rows of an upsert of ``n_docs`` documents (as :meth:`service.collection.DocumentCollection.upsert`
-    takes them); checks that every document has at least one, in order."""
-    vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
-    owners = np.arange(n_docs, dtype=np.int64) if owners is None else np.asarray(owners, dtype=np.int64)
-    spans = [None] * len(vectors) if spans is None else list(spans)
-    if not len(vectors) == len(owners) == len(spans) or (n_docs and (
-            np.any(np.diff(owners) < 0) or set(owners.tolist()) != set(range(n_docs)))):
-        raise ValueError(f"{len(vectors)} vectors, {len(owners)} owners and {len(spans)} spans do not cover "
-                         f"{n_docs} documents in order")
-    return WindowVectors(vectors, owners, spans, n_docs)
-
-
-def select(rows: WindowVectors, keep: Sequence[int]) -> WindowVectors:
-    """The rows of documents ``keep`` (indices in order), owners renumbered 0..len(keep)-1."""
-    if len(keep) == rows.count:
-        return rows
-    chosen = np.flatnonzero(np.isin(rows.owners, np.asarray(keep, dtype=np.int64)))
-    renumber = {old: new for new, old in enumerate(keep)}
-    return WindowVectors(rows.vectors[chosen], np.asarray([renumber[int(o)] for o in rows.owners[chosen]],
-                                                          dtype=np.int64), [rows.spans[i] for i in chosen], len(keep))
-
-
 def window_counts(count: int, owners: np.ndarray) -> np.ndarray:
     """Windows per document of a batch (``owners`` index the documents)."""
     return np.bincount(np.asarray(owners, dtype=np.int64), minlength=count)

@@ -168,6 +168,30 @@ class WindowVectors:
         vectors = np.asarray(vectors, dtype=np.float32)
         return cls(vectors, np.arange(len(vectors), dtype=np.int64), [None] * len(vectors), len(vectors))
 
+    @classmethod
+    def of_documents(cls, count: int, dim: int, vectors: np.ndarray, owners: np.ndarray | None = None,
+                     spans: Sequence[Span | None] | None = None) -> WindowVectors:
+        """The rows of ``count`` documents as a collection's ``upsert`` takes them (``owners`` None: one row each,
+        ``spans`` None: whole texts); checks that every document has at least one row, in order."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
+        owners = np.arange(count, dtype=np.int64) if owners is None else np.asarray(owners, dtype=np.int64)
+        spans = [None] * len(vectors) if spans is None else list(spans)
+        if not (len(vectors) == len(owners) == len(spans)) or (
+                count and (np.any(np.diff(owners) < 0) or set(owners.tolist()) != set(range(count)))):
+            raise ValueError(f"{len(vectors)} vectors, {len(owners)} owners and {len(spans)} spans do not cover "
+                             f"{count} documents in order")
+        return cls(vectors, owners, spans, count)
+
+    def select(self, keep: Sequence[int]) -> WindowVectors:
+        """The rows of the passages ``keep`` (indices in order), owners renumbered 0..len(keep)-1."""
+        if len(keep) == self.count:
+            return self
+        chosen = np.flatnonzero(np.isin(self.owners, np.asarray(keep, dtype=np.int64)))
+        renumber = {old: new for new, old in enumerate(keep)}
+        return WindowVectors(self.vectors[chosen], np.asarray([renumber[int(o)] for o in self.owners[chosen]],
+                                                              dtype=np.int64), [self.spans[i] for i in chosen],
+                             len(keep))
+
     def best(self, queries: np.ndarray) -> np.ndarray:
         """``[queries, passages]``: each passage's best window score (inner product) per query row."""
         return best_per_owner(np.asarray(queries, dtype=np.float32) @ self.vectors.T, self.owners, self.count)
