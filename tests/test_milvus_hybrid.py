@@ -12,6 +12,7 @@ import pytest
 
 from service.documents import Document
 from service.settings import Settings
+from tests.milvus_schemas import release_one_schema
 from training.analyzer import Analyzer, AnalyzerError
 from training.lexical import LexicalIndex
 
@@ -139,8 +140,6 @@ def test_another_analyzer_on_an_existing_collection_is_refused(milvus_dir, store
 def test_previous_release_collection_is_refilled_with_bm25(milvus_dir, store):
     """A collection made by the previous release (no BM25 field) keeps serving until a new collection of the
     same version, with BM25, is filled from it; then the alias moves and lexical search works."""
-    from pymilvus import DataType, MilvusClient
-
     from service.milvus import MilvusStore
     from service.storage.milvus import fill
 
@@ -148,14 +147,7 @@ def test_previous_release_collection_is_refilled_with_bm25(milvus_dir, store):
                                   milvus_index_type="FLAT")
     legacy = MilvusStore(old_settings)
     name = legacy.collection_name("v0003")
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)  # the previous release's
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
-    schema.add_field("text", DataType.VARCHAR, max_length=65535)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("updated_at", DataType.INT64)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    index = legacy.client.prepare_index_params()
-    index.add_index("vector", index_type="FLAT", metric_type="IP")
+    schema, index = release_one_schema(legacy.client, DIM)
     legacy.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
                                     properties={"qaembed.model_version": "v0003", "qaembed.state": "building"})
     rng = np.random.default_rng(2)

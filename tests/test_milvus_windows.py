@@ -14,6 +14,7 @@ import pytest
 
 from service.documents import Document
 from service.settings import Settings
+from tests.milvus_schemas import release_one_schema
 from tests.test_chunking import short_registry  # noqa: F401 - the MiniLM of max_seq_length 32 (windows of 30)
 from training.chunking import WindowVectors
 
@@ -162,20 +163,13 @@ def test_a_model_change_carries_the_windows(store):
 def test_a_previous_release_collection_keeps_serving(store):
     """A collection the previous release wrote (one row per document, BM25 field, no windows collection) is
     served as it is: its documents are one window each until written again, then they get their windows."""
-    from pymilvus import DataType, Function, FunctionType, MilvusClient
+    from pymilvus import DataType, Function, FunctionType
 
     from service import milvus_lexical as bm25
     from training.analyzer import Analyzer
 
     name = store.collection_name("v0001")
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)  # the previous release's
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=1024)
-    schema.add_field("text", DataType.VARCHAR, max_length=65535)
-    schema.add_field("metadata", DataType.JSON)
-    schema.add_field("updated_at", DataType.INT64)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    index = store.client.prepare_index_params()
-    index.add_index("vector", index_type="FLAT", metric_type="IP")
+    schema, index = release_one_schema(store.client, DIM)  # + BM25: the previous release's
     schema.add_field("terms", DataType.VARCHAR, max_length=65535, enable_analyzer=True,
                      analyzer_params={"tokenizer": "standard"})
     schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
