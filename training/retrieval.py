@@ -69,9 +69,8 @@ def choose_alpha(task: RetrievalTask, dense: Sequence[Ranked], lexical: Sequence
 
     The rule: among the α whose MRR@10 is within one standard error (of the per-query differences in reciprocal
     rank) of the best α's, take the one nearest the better single ranker (α = 0 is BM25's order, α = 1 the
-    model's; a tie goes to the model). A fusion weight the questions cannot tell from a single ranker's gain is
-    not worth its risk on the data the service will see: on its own held-out split a model 16 points below BM25
-    chose α 0.3 for +0.3 points, and lost 0.4 points to BM25 on another set (docs/benchmarks/search_quality.md).
+    model's; a tie goes to the model). A fusion weight whose gain the questions cannot tell from noise is not
+    worth its risk on the data the service will see (Breiman's one-standard-error rule, applied to the grid).
     """
     rankings = {alpha: ranking_keys(hybrid_rankings(dense, lexical, alpha)) for alpha in grid}
     by_alpha = {alpha: evaluate_rankings(task, ranked)["mrr@10"] for alpha, ranked in rankings.items()}
