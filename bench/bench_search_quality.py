@@ -85,14 +85,16 @@ def task_of(path: Path, limit_passages: int | None = None) -> RetrievalTask:
 
 
 # ------------------------------------------------------------------------------------------- models
-def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Path], reexport: bool) -> dict:
-    """``python -m export`` of ``model_dir`` as ``registry/name`` (skipped when it exists, unless ``reexport``);
-    returns the manifest's facts this report shows."""
+def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Path], reexport: bool,
+                  variants: str | None = None) -> dict:
+    """``python -m export`` of ``model_dir`` as ``registry/name`` (skipped when it exists, unless ``reexport``;
+    ``variants``: export's ``--variants``); returns the manifest's facts this report shows."""
     from export.bundle import open_bundle
 
     if reexport or not (registry / name / "LATEST").exists():
         command = [sys.executable, "-m", "export", "--model_dir", model_dir, "--registry", str(registry), "--name",
-                   name, *(["--eval_data", *map(str, eval_data)] if eval_data else [])]
+                   name, *(["--eval_data", *map(str, eval_data)] if eval_data else []),
+                   *(["--variants", variants] if variants else [])]
         print("$", shlex.join(command), flush=True)
         t0 = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -101,6 +103,7 @@ def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Pat
     manifest = json.loads((bundle.path / "manifest.json").read_text()) if (bundle.path / "manifest.json").exists() \
         else {}
     return {"bundle": f"{name}/{bundle.version}", "max_seq_length": bundle.max_seq_length,
+            "variants": list(bundle.variants),
             "fusion": manifest.get("fusion"), "model_dir": model_dir}
 
 
@@ -204,7 +207,7 @@ def run(args, workdir: Path) -> dict:
     models = {}
     if args.only in (None, "base"):
         models["base"] = export_bundle(BASE, args.registry, "base", [DATA / f for f in args.base_eval_data],
-                                       args.reexport)
+                                       args.reexport, args.base_variants)
     finetuned = None if args.base_only or args.only == "base" else (
         args.finetuned or train_model(args.registry.parent / "quality-finetuned", args.train_pairs))
     if finetuned:
@@ -292,7 +295,8 @@ def report(result: dict, command: str) -> list[str]:
         fusion = m.get("fusion") or {}
         run = m.get("run", {})
         lines.append(f"* **{label}**: `{m['model_dir']}` exported as {m['bundle']} (max_seq_length "
-                     f"{m['max_seq_length']}); bundle α {fusion.get('alpha', 'none')} chosen on "
+                     f"{m['max_seq_length']}; variants {', '.join(m.get('variants', [])) or '?'}: the service "
+                     f"serves int8, else onnx-optimized); bundle α {fusion.get('alpha', 'none')} chosen on "
                      f"{fusion.get('chosen_on', 'nothing (service default)')}. Measured {run.get('date', '?')} "
                      f"(load average {run.get('load_before', '?')} before, {run.get('load_after', '?')} after).")
         trained = m.get("training")
@@ -349,6 +353,8 @@ def main() -> None:
     p.add_argument("--reexport", action="store_true", help="export the bundles again even if they exist")
     p.add_argument("--base_eval_data", nargs="*", default=["enelpi2020.train.jsonl"],
                    help="files (in the data folder) on which export chooses the base model's α")
+    p.add_argument("--base_variants", help="the base export's --variants (e.g. onnx,onnx-optimized where its int8 "
+                   "fails the quality gate on --base_eval_data)")
     p.add_argument("--only", choices=("base", "fine-tuned"),
                    help="run this model only; the other's rows are kept from the last run's results JSON")
     p.add_argument("--sets", nargs="+", default=list(SETS))
