@@ -104,19 +104,29 @@ class Job:
             except asyncio.CancelledError:
                 self.cancel()
                 raise
+        # The watcher, when it finishes first, cancels the future this awaits (one callback: asyncio.wait's set,
+        # waiter and callbacks on both cost as much again, per request).
+        gone = False
+
+        def on_watcher_done(watcher: asyncio.Future) -> None:
+            nonlocal gone
+            if not watcher.cancelled() and not self.future.done():
+                gone = True
+                self.cancel()
+
         watcher = asyncio.ensure_future(disconnected)
+        watcher.add_done_callback(on_watcher_done)
         try:
-            done, _ = await asyncio.wait({self.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            return await self.future
         except asyncio.CancelledError:
             self.cancel()
+            if gone:
+                raise ClientGone() from None
             raise
         finally:
             if not watcher.done():
+                watcher.remove_done_callback(on_watcher_done)
                 watcher.cancel()
-        if self.future in done:
-            return self.future.result()
-        self.cancel()
-        raise ClientGone()
 
     # called in the worker threads --------------------------------------------------------------
     def _deliver(self, rows: list[int], vectors: np.ndarray, start: float, end: float) -> None:
@@ -204,9 +214,14 @@ class BatchQueue:
             head = self._items[0] if self._items else None
             if head is not None and self._waited_too_long(head, now):
                 raise self._wait_exceeded(now - head.enqueued)
+            was_empty = not self._items
             self._items.extend(_Item(job, row, enc, now) for row, enc in enumerate(encodings))
             self._queued_tokens += job.tokens
-            self._cond.notify()
+            # A worker is woken for the first text (it then waits out max_wait_s, or less) and when a batch is
+            # full; waking one for each text in between only made it look again (a thread switch and the GIL
+            # handed over, per request). A worker that leaves texts behind wakes the next one (_run).
+            if was_empty or self._full():
+                self._cond.notify()
         if self.metrics is not None:
             self.metrics.queue_size.set(len(self._items))
         return job
@@ -273,6 +288,8 @@ class BatchQueue:
                     self._cond.wait(remaining)
                 batch = self._take()
                 queued = len(self._items)
+                if queued:  # more than one batch waits: another worker starts on the rest
+                    self._cond.notify()
             if self.metrics is not None:
                 self.metrics.queue_size.set(queued)
             if batch:

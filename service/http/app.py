@@ -82,11 +82,22 @@ def create_app(settings: Settings, model_loader: ModelLoader | None = None,
     if undeclared:  # a route nobody decided the access of must not be served
         raise RuntimeError(f"routes without a declared access level: {sorted(undeclared)}")
 
+    # path (and root path) -> template, for the paths that are a route's template themselves (no parameters): a
+    # handful, so the cache stays small, and every request on them skips matching the route list (per request a
+    # regex per route before the one that matches)
+    static_routes: dict[tuple[str, str], str] = {}
+
     def route_of(scope: dict) -> str:
         """The matched route's template (the metrics' route label), or "unmatched"."""
+        key = (scope["path"], scope.get("root_path", ""))
+        template = static_routes.get(key)
+        if template is not None:
+            return template
         for route in app.router.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:
+                if "{" not in route.path and len(static_routes) < 64:
+                    static_routes[key] = route.path
                 return route.path
         return "unmatched"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..auth import Access, KeyChecker
 from ..metrics import ServiceMetrics
@@ -40,6 +41,9 @@ class ServiceMiddleware:
         self.app, self.checker, self.metrics, self.classify = app, checker, metrics, classify
         self.max_body, self.body_timeout, self.max_in_flight = max_body, body_timeout, max_in_flight
         self.in_flight = 0  # counted data and admin requests; one event loop, so a plain int is enough
+        # the labelled series, looked up once each (prometheus' labels() costs more than the update itself)
+        self._counts: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -80,10 +84,10 @@ class ServiceMiddleware:
                                  f"request body of {int(declared)} bytes exceeds the limit of {self.max_body}")
                     return
                 chunks, size = [], 0
-                deadline = time.monotonic() + self.body_timeout
+                deadline = asyncio.get_running_loop().time() + self.body_timeout
                 while True:
                     try:
-                        message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+                        message = await _receive_by(receive, deadline)
                     except asyncio.TimeoutError:
                         await reject(408, "request_timeout",
                                      f"the request body did not arrive within {self.body_timeout:g} s",
@@ -118,5 +122,30 @@ class ServiceMiddleware:
         finally:
             if counted:
                 self.in_flight -= 1
-            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
-            self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)
+            self._series(route, scope["method"], status[0]).inc()
+            duration = self._durations.get(route)
+            if duration is None:
+                duration = self._durations[route] = self.metrics.request_duration.labels(route)
+            duration.observe(time.perf_counter() - start)
+
+    def _series(self, route: str, method: str, status: int):
+        """``qaembed_requests_total{route, method, status}``, cached (bounded: a client may send any method)."""
+        key = (route, method, status)
+        series = self._counts.get(key)
+        if series is None:
+            series = self.metrics.requests.labels(route, method, str(status))
+            if len(self._counts) < 4096:
+                self._counts[key] = series
+        return series
+
+
+async def _receive_by(receive, deadline: float):
+    """``receive()``, or :class:`asyncio.TimeoutError` at ``deadline`` (the loop's clock). ``asyncio.timeout_at``
+    (3.11+) only arms a timer; ``wait_for`` runs the receive in a task of its own."""
+    if _TIMEOUT_AT is None:
+        return await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0))
+    async with _TIMEOUT_AT(deadline):
+        return await receive()
+
+
+_TIMEOUT_AT = getattr(asyncio, "timeout_at", None)

@@ -166,7 +166,15 @@ def check_json_safe(value: Any, what: str) -> int:
 
 def check_texts(texts: list[str], settings: Settings, what: str = "inputs") -> None:
     """Texts to embed: valid JSON text, at least one, each with a visible character, within the request limits."""
-    check_json_safe(texts, what)
+    if all(type(t) is str for t in texts):
+        # what check_json_safe refuses in a string is a lone surrogate only: the same answer without encoding the
+        # list as JSON twice (per request on /embed)
+        try:
+            "".join(texts).encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unprocessable(f"{what} is not valid JSON text: UnicodeEncodeError") from None
+    else:
+        check_json_safe(texts, what)
     if not texts:
         raise Unprocessable(f"{what} must not be empty")
     if len(texts) > settings.max_inputs:
