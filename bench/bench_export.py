@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("interleaved",),
                         help="interleaved: only the goal's interleaved ratio; rewrites only its section")
     parser.add_argument("--pairs", type=int, default=7, help="interleaved torch/int8 pairs for the goal's ratio")
-    parser.add_argument("--passes", type=int, default=4, help="encodes of the 32 queries per interleaved round")
+    parser.add_argument("--int8_fp32_layers", type=int, default=1, help="export's --int8_fp32_layers (default: as "
+                        "published)")
+    parser.add_argument("--passes", type=int, default=1, help="encodes of the queries per interleaved round")
     report_options(parser)  # --note, --no_docs; --report_only: the interleaved section, from its last result
     args = parser.parse_args()
     doc = Path(args.out)
@@ -91,7 +93,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        export_model(model_dir, scratch, "bench", threads=args.threads, log=lambda m: None)
+        export_model(model_dir, scratch, "bench", threads=args.threads, fp32_layers=args.int8_fp32_layers,
+                     log=lambda m: None)
         export_seconds = time.perf_counter() - started
         bundle = open_bundle(scratch, "bench")
         model = SentenceTransformer(model_dir, device="cpu")
@@ -140,15 +143,17 @@ def main() -> None:
 
 
 def _interleaved(model, bundle, questions, args) -> dict:
-    """The goal's ratio: torch and int8 as served (one sequence per pass), timed in alternation on the first 32
-    short queries at batch 32 (``bench/interleaved.py``), with the command, date and load around it."""
+    """The goal's ratio: torch and int8 as served (one sequence per pass), timed in alternation on the short
+    queries of the main table's batch-32 row (all of them: torch sorts them by length into batches of 32;
+    ``bench/interleaved.py``), with the command, date and load around it."""
     model.max_seq_length = 128
     encoder = OnnxEncoder.from_files(bundle.variant_path("int8"), bundle.tokenizer_path, 128, args.threads,
                                      per_sequence=True)
-    print(f"goal ratio, interleaved: {args.pairs} pairs of {args.passes} encodes of 32 short queries", flush=True)
+    print(f"goal ratio, interleaved: {args.pairs} pairs of {args.passes} encodes of {len(questions)} short queries",
+          flush=True)
     load_before = interleaved.load_average()
     result = interleaved.measure(lambda texts: model.encode(texts, batch_size=32),
-                                 lambda texts: encoder.encode(texts, 32), questions[:32], args.pairs, args.passes)
+                                 lambda texts: encoder.encode(texts, 32), questions, args.pairs, args.passes)
     command = ".venv/bin/python bench/bench_export.py " + shlex.join(sys.argv[1:])
     return interleaved.stamp(result, command, args.threads, args.note, load_before)
 
