@@ -391,9 +391,10 @@ class MilvusCollection(DocumentCollection):
         return bm25.MilvusLexical(self, self.analyzer)
 
     def ensure_loaded(self) -> None:
-        """Reachable and loaded; a collection released by a Milvus restart is loaded again (readiness)."""
-        state = self.store.call(self.client.get_load_state, self.name)["state"]
-        if "Loaded" not in str(state):
-            log.warning("collection %s is %s: loading it", self.name, state)
-            self.store.call(self.client.load_collection, self.name)
+        """Reachable and loaded; collections a Milvus restart released (documents, windows) load again (readiness)."""
+        for name in (self.name, *([self.windows.name] if self.windows is not None else [])):
+            state = self.store.call(self.client.get_load_state, name)["state"]
+            if "Loaded" not in str(state):
+                log.warning("collection %s is %s: loading it", name, state)
+                self.store.call(self.client.load_collection, name)
 
