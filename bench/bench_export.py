@@ -47,7 +47,7 @@ from export.runtime import OnnxEncoder, pad_batch, quantization_mode, session_op
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import interleaved  # noqa: E402  (bench/)
-from run_all import report_options  # noqa: E402
+from run_all import report_options, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -135,7 +135,7 @@ def main() -> None:
         return
     doc.parent.mkdir(parents=True, exist_ok=True)
     _plot(rows, doc.with_suffix(".png"))
-    interleaved.save(goal, RESULTS)
+    save_result(interleaved.STAGE, goal, RESULTS)
     # Hand-written analysis below the marker survives a re-run.
     notes = doc.read_text().partition(NOTES_MARKER) if doc.exists() else ("", "", "")
     doc.write_text(report + ("\n" + NOTES_MARKER + notes[2] if notes[1] else ""))

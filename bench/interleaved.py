@@ -119,29 +119,23 @@ def splice(document: str, section: list[str], before: str) -> str:
 def publish(result: dict, out: Path, results_dir: Path, no_docs: bool, before: str) -> None:
     """Print the result and its section; unless ``no_docs``, save the result (``--report_only`` reads it) and
     rewrite only this section of ``out``, then assemble docs/benchmarks.md."""
-    from run_all import assemble, finish
+    from run_all import assemble, finish, save_result
 
     lines = report(result)
     if no_docs:
         finish(STAGE, result, lines, True, results_dir)
         return
     print(json.dumps(result, indent=1, ensure_ascii=False))
-    save(result, results_dir)
+    save_result(STAGE, result, results_dir)
     out.write_text(splice(out.read_text() if out.exists() else "", lines, before))
     print(f"wrote the interleaved section of {out} and {assemble()}")
 
 
-def save(result: dict, results_dir: Path) -> None:
-    """Keep the result as ``<results_dir>/export_interleaved.json`` (what ``--report_only`` reads)."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{STAGE}.json").write_text(json.dumps(result, indent=1))
-
-
 def rewrite(notes: list[str], out: Path, results_dir: Path, no_docs: bool, before: str) -> None:
     """``--report_only``: the last saved result with ``notes`` added, published again."""
-    result = json.loads((results_dir / f"{STAGE}.json").read_text())
-    result["notes"] = list(dict.fromkeys(result.get("notes", []) + notes))
-    publish(result, out, results_dir, no_docs, before)
+    from run_all import saved_result
+
+    publish(saved_result(STAGE, notes, results_dir), out, results_dir, no_docs, before)
 
 
 def stamp(result: dict, command: str, threads: int, notes: list[str], load_before: str) -> dict:

@@ -43,11 +43,23 @@ def assemble() -> Path:
     return out
 
 
+def save_result(stage: str, result: dict, results_dir: Path) -> None:
+    """Keep a benchmark's raw result as ``<results_dir>/<stage>.json`` (what ``--report_only`` reads)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{stage}.json").write_text(json.dumps(result, indent=1))
+
+
+def saved_result(stage: str, notes: list[str], results_dir: Path) -> dict:
+    """``--report_only``: the last saved result of ``stage`` with ``notes`` added (each once)."""
+    result = json.loads((results_dir / f"{stage}.json").read_text())
+    result["notes"] = list(dict.fromkeys(result.get("notes", []) + notes))
+    return result
+
+
 def publish(stage: str, result: dict, lines: list[str], results_dir: Path) -> None:
     """Write a benchmark's raw result (``<results_dir>/<stage>.json``) and its section
     (``docs/benchmarks/<stage>.md``), then assemble docs/benchmarks.md."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{stage}.json").write_text(json.dumps(result, indent=1))
+    save_result(stage, result, results_dir)
     section = SECTIONS / f"{stage}.md"
     section.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {section} and {assemble()}")
@@ -63,8 +75,7 @@ def report_options(parser: argparse.ArgumentParser) -> None:
 def rewrite_report(stage: str, notes: list[str], report, results_dir: Path) -> None:
     """``--report_only``: the last raw result of ``stage`` with ``notes`` added, published again through
     ``report(result, command) -> lines``."""
-    result = json.loads((results_dir / f"{stage}.json").read_text())
-    result["notes"] = list(dict.fromkeys(result.get("notes", []) + notes))
+    result = saved_result(stage, notes, results_dir)
     publish(stage, result, report(result, result["command"]), results_dir)
 
 

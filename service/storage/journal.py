@@ -92,7 +92,7 @@ class Journal:
         return False
 
     async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation],
-                       storage: JournaledStorage) -> None:
+                     storage: JournaledStorage) -> None:
         """Nothing to keep up."""
 
     def close(self) -> None:
@@ -150,7 +150,7 @@ class SqliteJournal(Journal):
         return not stopping and (self._dirty or self._writes >= self.upkeep_every)  # nothing to flush at a stop
 
     async def upkeep(self, lock: asyncio.Lock, current: Callable[[], Generation],
-                       storage: JournaledStorage) -> None:
+                     storage: JournaledStorage) -> None:
         if self.store.broken:  # the disk failed: leave it as it is for the restart to recover from
             log.warning("no store upkeep: %s", self.store.broken)
             return
