@@ -38,7 +38,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import RESULTS, ROOT, default_registry, free_port, load_texts  # noqa: E402  (bench/)
+from http_load import Service, free_port  # noqa: E402  (bench/)
+from inputs import RESULTS, ROOT, default_registry, load_texts  # noqa: E402
 from proc_stats import memory_mb  # noqa: E402
 from run_all import finish, report_options, rewrite_report  # noqa: E402
 
@@ -61,39 +61,12 @@ def documents(n: int) -> list[dict]:
              "metadata": {"n": i}} for i in range(n)]
 
 
-class Server:
+def start_server(tree: Path, args, data_dir: Path, log: Path, extra: str = "") -> Service:
     """``python -m service`` from ``tree`` (a checkout of this repository) on a free loopback port."""
-
-    def __init__(self, tree: Path, args, data_dir: Path, log: Path, extra: str = "") -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        command = [sys.executable, "-m", "service", "--registry", str(args.registry), "--name", args.name,
-                   "--data_dir", str(data_dir), "--port", self.url.rsplit(":", 1)[1], *shlex.split(args.server_args),
-                   *shlex.split(extra)]
-        env = {**os.environ, "PYTHONPATH": str(tree), "QAEMBED_LOG_LEVEL": "warning"}
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(command, cwd=tree, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 1800) -> float:
-        import httpx
-
-        while time.perf_counter() - self.t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return time.perf_counter() - self.t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("the service was not ready in time")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(600)  # the previous release writes its last snapshot on the way out
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+    port = free_port()
+    return Service([sys.executable, "-m", "service", "--registry", str(args.registry), "--name", args.name,
+                    "--data_dir", str(data_dir), "--port", str(port), *shlex.split(args.server_args),
+                    *shlex.split(extra)], log, port, tree=tree)
 
 
 async def ingest(url: str, docs: list[dict], batch: int, clients: int) -> tuple[float, int]:
@@ -130,20 +103,20 @@ def measure(tree: Path, args, docs: list[dict], workdir: Path, extra: str = "") 
     import httpx
 
     data = workdir / "data"
-    server = Server(tree, args, data, workdir / "service.log", extra)
+    server = start_server(tree, args, data, workdir / "service.log", extra)
     try:
-        empty_s = server.wait_ready()
+        empty_s = server.wait_ready(timeout=1800)
         seconds, refused = asyncio.run(ingest(server.url, docs, args.batch, args.clients))
         peak = memory_mb(server.proc.pid)["VmHWM"]
         stored = httpx.get(server.url + "/ready", timeout=30).json()["documents"]
     finally:
-        server.stop()
-    restart = Server(tree, args, data, workdir / "restart.log", extra)
+        server.stop(grace_s=600)  # the previous release writes its last snapshot on the way out
+    restart = start_server(tree, args, data, workdir / "restart.log", extra)
     try:
-        ready_s = restart.wait_ready()
+        ready_s = restart.wait_ready(timeout=1800)
         recovered = httpx.get(restart.url + "/ready", timeout=30).json()["documents"]
     finally:
-        restart.stop()
+        restart.stop(grace_s=600)
     if stored != len(docs) or recovered != len(docs):
         raise RuntimeError(f"{tree}: {len(docs)} ingested, {stored} served, {recovered} after the restart")
     return {"documents": len(docs), "seconds": round(seconds, 2), "docs_per_s": round(len(docs) / seconds, 1),

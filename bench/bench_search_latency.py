@@ -5,12 +5,12 @@ open loop (Poisson arrivals at half the measured 8-client hybrid capacity, bound
                                          [--open_loop_seconds 60] [--modes dense hybrid lexical] [--no_docs]
 
 The data directory is written as ``bench/bench_service.py``'s /search part writes it
-(:func:`bench_service.write_search_data`): ``--documents`` passage beginnings with real passage embeddings +
+(:func:`synthetic_corpus.write_search_data`): ``--documents`` passage beginnings with real passage embeddings +
 noise, straight into the service's SQLite store with their vectors, so the lexical (FTS5) index is built too and
 the start embeds nothing. ``python -m service`` serves it on loopback (its default index for that size); this
 process is the load generator (aiohttp, same 2 cores).
 
-* **Closed loop** (:func:`bench_service.load`): ``clients`` workers each send the next query when the last one
+* **Closed loop** (:func:`http_load.load`): ``clients`` workers each send the next query when the last one
   answered; 8 clients measure saturation (throughput and the latency the 2 cores impose), 1 client the latency
   of a lone query. Questions of tquad1.dev.jsonl, ``top_k`` 10, ``"mode"`` as named.
 * **Open loop**: queries arrive as a Poisson process at half the 8-client hybrid throughput, each sent at its
@@ -42,22 +42,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import (  # noqa: E402  (bench/)
-    RESULTS,
-    Service,
-    baseline_indexes,
-    default_registry,
-    encode_one,
-    encode_passages,
-    load,
-    load_texts,
-    one_query_ms,
-    percentiles,
-    post_once,
-    write_search_data,
-)
+from http_load import Service, load, percentiles, post_once  # noqa: E402  (bench/)
+from inputs import RESULTS, default_registry, load_texts  # noqa: E402
 from proc_stats import cpu_seconds  # noqa: E402
 from run_all import finish, goals_and_notes, report_options, rewrite_report  # noqa: E402
+from search_at_100k import baseline_indexes, encode_one, one_query_ms  # noqa: E402
+from synthetic_corpus import encode_passages, write_search_data  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- baselines

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import RESULTS, Service, load_texts, percentiles  # noqa: E402  (bench/)
+from http_load import Service, percentiles  # noqa: E402  (bench/)
+from inputs import RESULTS, load_texts  # noqa: E402
 from proc_stats import cpu_seconds, memory_mb  # noqa: E402
 from run_all import publish  # noqa: E402
 
