@@ -93,8 +93,9 @@ def _publish(argv: list[str]) -> int:
                         help="CPU instruction set the int8 file is configured for (auto: this CPU)")
     parser.add_argument("--per_channel", action=argparse.BooleanOptionalAction, default=True,
                         help="per-channel int8 weight scales")
-    parser.add_argument("--int8_fp32_layers", type=int, default=1,
-                        help="keep the first N transformer layers fp32 in the int8 file (accuracy vs speed)")
+    parser.add_argument("--int8_fp32_layers", type=_fp32_layers, default="auto",
+                        help="keep the first N transformer layers fp32 in the int8 file (accuracy vs speed); auto: "
+                        "the fewest that pass the gates, from 0 with --eval_data (the quality gate judges), else 1")
     parser.add_argument("--max_seq_length", type=int, default=None, help="override the model's max_seq_length")
     parser.add_argument("--include_torch", action="store_true", help="also ship the PyTorch model folder")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the gates")
@@ -116,6 +117,14 @@ def _publish(argv: list[str]) -> int:
     print(fusion.describe(manifest.get("fusion")))
     print(path)
     return 0
+
+
+def _fp32_layers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"auto or a whole number >= 0, got {value!r}")
 
 
 def gate_verdict(manifest: dict) -> str:

@@ -29,6 +29,9 @@ from export.registry import discard_staging, new_staging_dir, publish
 from export.runtime import OnnxEncoder, runs_per_sequence
 
 INVARIANCE_TEXTS = 24  # the first parity texts (every built-in sample: short, long, truncated)
+# --int8_fp32_layers auto: the fp32 layers tried, fewest first, until int8 passes every gate that runs. Without eval
+# data only parity judges, which cannot see a retrieval loss: the sensitive first layer then stays fp32.
+FP32_LAYERS_AUTO = {"with_eval_data": (0, 1, 2), "without": (1, 2)}
 
 DEFAULT_VARIANTS = ("onnx", "onnx-optimized", "int8")
 FILES = {"onnx": "model.onnx", "onnx-optimized": "model_optimized.onnx", "int8": "model_int8.onnx",
@@ -43,7 +46,7 @@ def export_model(
     eval_data: Sequence[str | Path] = (),
     int8_target: str = "auto",
     per_channel: bool = True,
-    fp32_layers: int = 1,
+    fp32_layers: int | str = "auto",
     max_seq_length: int | None = None,
     include_torch: bool = False,
     force: bool = False,
@@ -59,7 +62,11 @@ def export_model(
     The manifest's ``fusion`` (the hybrid search's α, :mod:`export.fusion`) is the model folder's metrics.json
     ``fusion``, else chosen on ``eval_data`` with the exported model (BM25 side: the ``analyzer`` named, default
     training's), else absent. ``fusion_from="eval_data"`` prefers ``eval_data`` when given (retrain: its fixed
-    evaluation set, larger than the training run's held-out share)."""
+    evaluation set, larger than the training run's held-out share).
+
+    ``fp32_layers``: how many first transformer layers int8 keeps in fp32; ``"auto"`` tries
+    :data:`FP32_LAYERS_AUTO` in order and keeps the first whose int8 passes the gates (each try is recorded in
+    the manifest's ``quantization.fp32_layers_tried``), so int8 is as fast as the eval data allows."""
     validate_name(name)
     unknown = set(variants) - set(FILES)
     if unknown or "onnx" not in variants:
@@ -69,6 +76,7 @@ def export_model(
         raise ExportError(f"fusion_from must be training or eval_data, got {fusion_from!r}")
     trained_fusion = None if fusion_from == "eval_data" and records else fusion_alpha.from_training(model_dir)
     target = detect_int8_target() if int8_target == "auto" else int8_target
+    ladder = _fp32_layers_ladder(fp32_layers, bool(records))
 
     # torch and sentence-transformers load only once the inputs are known to be valid (a fast refusal).
     from export.onnx_export import (
@@ -100,12 +108,14 @@ def export_model(
         # before both changes, docs/benchmarks/export_large.md).
         del model
         gc.collect()
-        built = _build_derived(staging, variants, shape, target, per_channel, fp32_layers, log)
+        built, quantize = _build_derived(staging, variants, shape, target, per_channel, ladder[0], log)
         variants = [v for v in variants if v == "onnx" or (staging / FILES[v]).exists()]
         facts["variants"] = {v: {"file": FILES[v], **built.get(v, {})} for v in variants}
         choose = None if trained_fusion or not records else (
             lambda encode: fusion_alpha.choose_on_eval_data(records, eval_data, encode, analyzer))
-        facts |= _run_gates(staging, variants, records, texts, reference, facts, threads, force, log, choose)
+        retry = (quantize, ladder[1:]) if quantize and isinstance(fp32_layers, str) else None
+        facts |= _run_gates(staging, variants, records, texts, reference, facts, threads, force, log, choose,
+                            retry_int8=retry)
         if trained_fusion:
             facts["fusion"] = trained_fusion
         log(fusion_alpha.describe(facts.get("fusion")))
@@ -117,9 +127,18 @@ def export_model(
         discard_staging(staging)  # a no-op once published (the folder was renamed)
 
 
+def _fp32_layers_ladder(fp32_layers: int | str, has_eval_data: bool) -> tuple[int, ...]:
+    if fp32_layers == "auto":
+        return FP32_LAYERS_AUTO["with_eval_data" if has_eval_data else "without"]
+    if isinstance(fp32_layers, int) and not isinstance(fp32_layers, bool) and fp32_layers >= 0:
+        return (fp32_layers,)
+    raise ExportError(f"--int8_fp32_layers must be auto or a whole number >= 0, got {fp32_layers!r}")
+
+
 def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str, per_channel: bool,
-                   fp32_layers: int, log) -> dict[str, dict]:
-    """Write the variants derived from ``model.onnx``; returns per-variant extras for the manifest.
+                   fp32_layers: int, log) -> tuple[dict[str, dict], Callable[[int], dict] | None]:
+    """Write the variants derived from ``model.onnx``; returns per-variant extras for the manifest and, when
+    int8 was built, ``quantize(fp32_layers)``, which rewrites the int8 file and returns its new extras.
     ``shape``: (attention heads, hidden size), which the fusions need."""
     from export.onnx_export import convert_fp16, optimize
 
@@ -137,67 +156,127 @@ def _build_derived(staging: Path, variants, shape: tuple[int, int], target: str,
         built["onnx-optimized"] = {"fused_operators": fused}
         log(f"fused operators: {fused}")
     source = "onnx" if large else "onnx-optimized"
+    quantize = None
     if "int8" in variants:
-        settings = quantize_int8(staging / FILES[source], staging / FILES["int8"], target, per_channel,
-                                 large, fp32_layers=fp32_layers)
-        built["int8"] = {"quantization": {**settings, "source_variant": source, "fp32_layers": fp32_layers}}
-        log(f"int8 quantised for {target} from {source} (per_channel={per_channel})")
+        def quantize(layers: int) -> dict:
+            settings = quantize_int8(staging / FILES[source], staging / FILES["int8"], target, per_channel,
+                                     large, fp32_layers=layers)
+            log(f"int8 quantised for {target} from {source} (per_channel={per_channel}, {layers} fp32 layers)")
+            return {"quantization": {**settings, "source_variant": source, "fp32_layers": layers},
+                    "external_data": (staging / (FILES["int8"] + ".data")).exists()}
+
+        built["int8"] = quantize(fp32_layers)
     if "fp16" in variants:
         convert_fp16(staging / FILES[source], staging / FILES["fp16"], fused=not large)
         log(f"fp16 converted from {source}")
     for variant, extras in built.items():
         extras["external_data"] = (staging / (FILES[variant] + ".data")).exists()
-    return built
+    return built, quantize
 
 
 def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, threads, force: bool,
-               log, choose_fusion: Callable | None = None) -> dict:
+               log, choose_fusion: Callable | None = None,
+               retry_int8: tuple[Callable[[int], dict], Sequence[int]] | None = None) -> dict:
     """Parity of every variant to the PyTorch ``reference`` of ``texts`` and its batch invariance; quality of
     fp32 and int8 on the eval ``records``. Each variant's session is opened, measured and dropped before the
     next one. The encoder is the runtime the service runs (its tokenizer, session and post step), run per
     sequence where the variant's manifest entry says so, exactly as the service will run it.
 
+    ``retry_int8 = (quantize, fp32_layers)``: while int8 fails a gate, it is quantised again with the next
+    ``fp32_layers`` and measured again (``facts["variants"]["int8"]`` updated, every try recorded there).
     ``choose_fusion(encode)``, when given, chooses the fusion α with the variant the service serves on a CPU
-    (int8 when built, else fp32 onnx) while its session is open; its entry becomes ``fusion``."""
-    mean_cosine, measured, invariance, runs, fusion, chunking = {}, {}, {}, {}, None, None
-    fusion_variant = "int8" if "int8" in variants else "onnx"
-    for variant in variants:  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
-        per_sequence = runs_per_sequence(variant, facts["variants"][variant])
-        encoder = OnnxEncoder.from_files(staging / FILES[variant], staging / facts["tokenizer"],
-                                         facts["max_seq_length"], threads, query_prompt=facts["query_prompt"],
-                                         per_sequence=per_sequence)
-        runs[variant] = "one sequence per pass" if per_sequence else "padded batches"
-        mean_cosine |= gates.parity(reference, {variant: encoder.encode}, texts)
-        invariance[variant] = gates.batch_invariance(
-            lambda batch, e=encoder: e.run(e.tokenizer.encode(batch)), texts[:INVARIANCE_TEXTS])
-        if records and variant in ("onnx", "int8"):
-            measured |= gates.quality(records, {variant: encoder.encode})
-            chunking = gates.quality_chunking(encoder.encode)
-        if choose_fusion and variant == fusion_variant:
-            fusion = {**choose_fusion(encoder.encode), "variant": variant}
-        del encoder
-        gc.collect()
+    (int8 when built, else fp32 onnx); its entry becomes ``fusion``."""
+    queries = len({r.question for r in records})
+    measured = {variant: _measure(staging, variant, facts, records, texts, reference, threads)
+                for variant in variants}  # fp16 too: it is meant for GPUs, but onnxruntime's CPU provider runs it
+    if retry_int8 and "int8" in variants:
+        quantize, next_layers = retry_int8
+        tried = []
+        for layers in (*next_layers, None):
+            failures = _int8_failures(measured, queries)
+            int8 = facts["variants"]["int8"]
+            quality = measured["int8"].get("quality", {}).get(gates.QUALITY_METRIC)
+            tried.append({"fp32_layers": int8["quantization"]["fp32_layers"],
+                          "mean_cosine": measured["int8"]["mean_cosine"],
+                          **({gates.QUALITY_METRIC: quality} if quality is not None else {}), "failures": failures})
+            if not failures or layers is None:
+                break
+            log(f"int8 with {tried[-1]['fp32_layers']} fp32 layers failed a gate ({'; '.join(failures)}): "
+                f"trying {layers}")
+            facts["variants"]["int8"] = {**int8, **quantize(layers)}
+            measured["int8"] = _measure(staging, "int8", facts, records, texts, reference, threads)
+        facts["variants"]["int8"]["quantization"]["fp32_layers_tried"] = tried
+        if tried[-1]["failures"] and len(tried) > 1:
+            counts = ", ".join(str(t["fp32_layers"]) for t in tried)
+            log(f"int8 failed a gate with every fp32 layer count tried ({counts})")
+
+    mean_cosine = {v: m["mean_cosine"] for v, m in measured.items()}
+    invariance = {v: m["invariance"] for v, m in measured.items()}
     result = {"parity": {"texts": len(texts), "mean_cosine": mean_cosine,
                          "minimum": {v: gates.PARITY_MIN[v] for v in mean_cosine}}}
     result["batch_invariance"] = {"texts": min(len(texts), INVARIANCE_TEXTS), "max_abs_diff": invariance,
-                                  "maximum": gates.BATCH_INVARIANCE_MAX, "runs": runs}
-    failures = gates.parity_failures(mean_cosine) + gates.invariance_failures(invariance)
+                                  "maximum": gates.BATCH_INVARIANCE_MAX,
+                                  "runs": {v: m["runs"] for v, m in measured.items()}}
+    failures = _failures(measured, queries)
     log(f"parity (mean cosine to PyTorch): {mean_cosine}; batch invariance (max |Δ|): {invariance}")
     if records:
-        queries = len({r.question for r in records})
+        quality = {v: m["quality"] for v, m in measured.items() if "quality" in m}
         result["quality"] = {"metric": gates.QUALITY_METRIC, "max_drop": gates.allowed_drop(queries),
-                             "pairs": len(records), "questions": queries, "chunking": chunking, **measured}
-        failures += gates.quality_failures(measured, queries)
+                             "pairs": len(records), "questions": queries, "chunking": measured["onnx"]["chunking"],
+                             **quality}
         log("quality: " + ", ".join(f"{v} {gates.QUALITY_METRIC}={m[gates.QUALITY_METRIC]}"
-                                     for v, m in measured.items()))
+                                     for v, m in quality.items()))
     if failures and not force:
         raise ExportError("gate failed, not published (--force to publish anyway): " + "; ".join(failures))
     if failures:
         log("WARNING: publishing despite failed gates (--force): " + "; ".join(failures))
     result["gate_failures_forced"] = failures
-    if fusion:
-        result["fusion"] = fusion
+    if choose_fusion:
+        fusion_variant = "int8" if "int8" in variants else "onnx"
+        encoder = _encoder(staging, fusion_variant, facts, threads)
+        result["fusion"] = {**choose_fusion(encoder.encode), "variant": fusion_variant}
     return result
+
+
+def _encoder(staging: Path, variant: str, facts: dict, threads) -> OnnxEncoder:
+    """The runtime encoder of a staged variant, run as the service will run it."""
+    return OnnxEncoder.from_files(staging / FILES[variant], staging / facts["tokenizer"], facts["max_seq_length"],
+                                  threads, query_prompt=facts["query_prompt"],
+                                  per_sequence=runs_per_sequence(variant, facts["variants"][variant]))
+
+
+def _measure(staging: Path, variant: str, facts: dict, records, texts, reference, threads) -> dict:
+    """One variant's gate measurements: parity, batch invariance, and quality (fp32 onnx and int8) on
+    ``records``; its session is dropped before returning."""
+    encoder = _encoder(staging, variant, facts, threads)
+    measured = {
+        "runs": "one sequence per pass" if encoder.session.per_sequence else "padded batches",
+        "mean_cosine": gates.parity(reference, {variant: encoder.encode}, texts)[variant],
+        "invariance": gates.batch_invariance(lambda batch, e=encoder: e.run(e.tokenizer.encode(batch)),
+                                             texts[:INVARIANCE_TEXTS]),
+    }
+    if records and variant in ("onnx", "int8"):
+        measured["quality"] = gates.quality(records, {variant: encoder.encode})[variant]
+        measured["chunking"] = gates.quality_chunking(encoder.encode)
+    del encoder
+    gc.collect()
+    return measured
+
+
+def _int8_failures(measured: dict[str, dict], queries: int) -> list[str]:
+    """The gates int8 fails by itself: its parity, its invariance, its quality against fp32 onnx."""
+    int8 = measured["int8"]
+    return (gates.parity_failures({"int8": int8["mean_cosine"]})
+            + gates.invariance_failures({"int8": int8["invariance"]})
+            + gates.quality_failures({v: measured[v]["quality"] for v in ("onnx", "int8")
+                                      if "quality" in measured.get(v, {})}, queries))
+
+
+def _failures(measured: dict[str, dict], queries: int) -> list[str]:
+    """Every gate's failures over the ``measured`` variants (parity, then invariance, then quality)."""
+    return (gates.parity_failures({v: m["mean_cosine"] for v, m in measured.items()})
+            + gates.invariance_failures({v: m["invariance"] for v, m in measured.items()})
+            + gates.quality_failures({v: m["quality"] for v, m in measured.items() if "quality" in m}, queries))
 
 
 def _load_eval_data(paths: Sequence[str | Path]):

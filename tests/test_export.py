@@ -258,3 +258,53 @@ def test_no_fusion_without_metrics_or_eval_data(exported_bundle):
 
     assert "fusion" not in open_bundle(*exported_bundle).manifest
     assert describe(None).startswith("fusion: none recorded")
+
+
+# --int8_fp32_layers auto: int8 keeps the fewest fp32 layers that pass every gate (export.pipeline.FP32_LAYERS_AUTO).
+def _export_int8(minilm_path: Path, registry: Path, **options) -> dict:
+    from export.pipeline import export_model
+
+    export_model(str(minilm_path), registry, "auto", variants=("onnx", "int8"), max_seq_length=64, threads=2,
+                 log=lambda message: None, **options)
+    return open_bundle(registry, "auto").manifest
+
+
+def test_int8_fp32_layers_auto_with_eval_data_starts_at_0_and_keeps_the_first_that_passes(minilm_path, tmp_path,
+                                                                                          example_data):
+    manifest = _export_int8(minilm_path, tmp_path, eval_data=[example_data])
+    quantization = manifest["variants"]["int8"]["quantization"]
+    tried = quantization["fp32_layers_tried"]
+    assert tried[0]["fp32_layers"] == 0 and all(t["failures"] for t in tried[:-1]) and not tried[-1]["failures"]
+    assert quantization["fp32_layers"] == tried[-1]["fp32_layers"] and not manifest["gate_failures_forced"]
+    # what each try measured is what the gates read for the published file
+    assert tried[-1]["mean_cosine"] == manifest["parity"]["mean_cosine"]["int8"]
+    assert tried[-1]["mrr@10"] == manifest["quality"]["int8"]["mrr@10"]
+
+
+def test_int8_fp32_layers_auto_moves_on_while_int8_fails_a_gate(minilm_path, tmp_path, monkeypatch):
+    # Without eval data only parity judges and the sensitive first layer stays fp32: the tries are 1, then 2.
+    # Every try failing (an impossible parity bound): both measured and recorded, --force publishes the last.
+    monkeypatch.setitem(gates.PARITY_MIN, "int8", 1.5)
+    forced = _export_int8(minilm_path, tmp_path / "forced", force=True)
+    quantization = forced["variants"]["int8"]["quantization"]
+    tried = quantization["fp32_layers_tried"]
+    assert [t["fp32_layers"] for t in tried] == [1, 2] and all(t["failures"] for t in tried)
+    assert quantization["fp32_layers"] == 2 and forced["gate_failures_forced"] == tried[-1]["failures"]
+    cosines = [t["mean_cosine"] for t in tried]
+    assert cosines[0] < cosines[1], cosines  # each fp32 layer kept brings int8 closer to PyTorch
+
+    # A bound between the two: the first try fails it, the second passes, and its file is the one published.
+    monkeypatch.setitem(gates.PARITY_MIN, "int8", (cosines[0] + cosines[1]) / 2)
+    chosen = _export_int8(minilm_path, tmp_path / "chosen")
+    quantization = chosen["variants"]["int8"]["quantization"]
+    assert [(t["fp32_layers"], bool(t["failures"])) for t in quantization["fp32_layers_tried"]] == [(1, True),
+                                                                                                   (2, False)]
+    assert quantization["fp32_layers"] == 2 and chosen["parity"]["mean_cosine"]["int8"] == cosines[1]
+    assert not chosen["gate_failures_forced"]
+
+    # A fixed count tries nothing else (and fails as before); its fp32 nodes are those of one layer.
+    with pytest.raises(ExportError, match="gate failed, not published .*int8: mean cosine to PyTorch"):
+        _export_int8(minilm_path, tmp_path / "fixed", fp32_layers=1)
+    monkeypatch.setitem(gates.PARITY_MIN, "int8", 0.99)
+    fixed = _export_int8(minilm_path, tmp_path / "fixed", fp32_layers=1)["variants"]["int8"]["quantization"]
+    assert "fp32_layers_tried" not in fixed and set(fixed["fp32_nodes"]) < set(quantization["fp32_nodes"])
