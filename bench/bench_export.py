@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -69,8 +68,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("interleaved",),
                         help="interleaved: only the goal's interleaved ratio; rewrites only its section")
     parser.add_argument("--pairs", type=int, default=7, help="interleaved torch/int8 pairs for the goal's ratio")
-    parser.add_argument("--int8_fp32_layers", type=int, default=1, help="export's --int8_fp32_layers (default: as "
-                        "published)")
+    parser.add_argument("--int8_fp32_layers", default="auto", help="export's --int8_fp32_layers (auto or a number)")
+    parser.add_argument("--eval_data", nargs="*", default=["tquad1.dev.jsonl"],
+                        help="export's --eval_data, files in --data_dir (the quality gate; the goal's MRR@10 drop)")
     parser.add_argument("--passes", type=int, default=1, help="encodes of the queries per interleaved round")
     report_options(parser)  # --note, --no_docs; --report_only: the interleaved section, from its last result
     args = parser.parse_args()
@@ -93,13 +93,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        export_model(model_dir, scratch, "bench", threads=args.threads, fp32_layers=args.int8_fp32_layers,
+        layers = args.int8_fp32_layers if args.int8_fp32_layers == "auto" else int(args.int8_fp32_layers)
+        eval_data = [Path(args.data_dir) / name for name in args.eval_data]
+        export_model(model_dir, scratch, "bench", threads=args.threads, fp32_layers=layers, eval_data=eval_data,
                      log=lambda m: None)
         export_seconds = time.perf_counter() - started
         bundle = open_bundle(scratch, "bench")
         model = SentenceTransformer(model_dir, device="cpu")
         if args.only == "interleaved":
-            interleaved.publish(_interleaved(model, bundle, questions, args), doc, RESULTS, args.no_docs, NOTES_MARKER)
+            interleaved.publish(interleaved.measure_bundle(model, bundle, questions, args), doc, RESULTS,
+                                args.no_docs, NOTES_MARKER)
             return
         modes = {v: quantization_mode(v, bundle.manifest["variants"][v]) for v in ("onnx", "onnx-optimized", "int8")}
         engines = [("onnx", "onnx", False), ("onnx-optimized", "onnx-optimized", False),
@@ -126,7 +129,7 @@ def main() -> None:
 
         study = _int8_study(bundle, Path(scratch), model, questions, args)
         profile = _profile(bundle, questions[:32], args.threads)
-        goal = _interleaved(model, bundle, questions, args)
+        goal = interleaved.measure_bundle(model, bundle, questions, args)
 
     report = _report(rows, study, profile, flags, export_seconds, args, doc.with_suffix(".png").name)
     report += "\n" + "\n".join(interleaved.report(goal)) + "\n"
@@ -140,22 +143,6 @@ def main() -> None:
     notes = doc.read_text().partition(NOTES_MARKER) if doc.exists() else ("", "", "")
     doc.write_text(report + ("\n" + NOTES_MARKER + notes[2] if notes[1] else ""))
     print(f"wrote {doc}")
-
-
-def _interleaved(model, bundle, questions, args) -> dict:
-    """The goal's ratio: torch and int8 as served (one sequence per pass), timed in alternation on the short
-    queries of the main table's batch-32 row (all of them: torch sorts them by length into batches of 32;
-    ``bench/interleaved.py``), with the command, date and load around it."""
-    model.max_seq_length = 128
-    encoder = OnnxEncoder.from_files(bundle.variant_path("int8"), bundle.tokenizer_path, 128, args.threads,
-                                     per_sequence=True)
-    print(f"goal ratio, interleaved: {args.pairs} pairs of {args.passes} encodes of {len(questions)} short queries",
-          flush=True)
-    load_before = interleaved.load_average()
-    result = interleaved.measure(lambda texts: model.encode(texts, batch_size=32),
-                                 lambda texts: encoder.encode(texts, 32), questions, args.pairs, args.passes)
-    command = ".venv/bin/python bench/bench_export.py " + shlex.join(sys.argv[1:])
-    return interleaved.stamp(result, command, args.threads, args.note, load_before)
 
 
 def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:

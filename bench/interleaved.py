@@ -23,14 +23,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
 BEGIN = "<!-- interleaved: begin (bench/bench_export.py --only interleaved rewrites this part) -->"
 END = "<!-- interleaved: end -->"
 STAGE = "export_interleaved"  # bench/results/<STAGE>.json: the last result, for --report_only
-GOAL_RATIO, GOAL_COSINE = 2.0, 0.99
+GOAL_RATIO, GOAL_COSINE, GOAL_MRR_DROP = 2.0, 0.99, 0.01  # MRR@10 drop: 1 point
 
 
 def measure(torch_encode, int8_encode, texts: list[str], pairs: int = 7, passes: int = 1) -> dict:
@@ -67,15 +69,75 @@ def measure(torch_encode, int8_encode, texts: list[str], pairs: int = 7, passes:
             "cosine": float(mean_cosine(outputs["int8"], outputs["torch"]))}
 
 
+def measure_bundle(model, bundle, questions: list[str], args) -> dict:
+    """The goal's ratio for bench_export: torch (``model``, sentence-transformers) and the bundle's int8 as
+    served (one sequence per pass), timed in alternation on the short queries of the main table's batch-32 row
+    (all of them: torch sorts them by length into batches of 32), with the command, date, load and the int8
+    file's export facts."""
+    from export.runtime import OnnxEncoder
+
+    model.max_seq_length = 128
+    encoder = OnnxEncoder.from_files(bundle.variant_path("int8"), bundle.tokenizer_path, 128, args.threads,
+                                     per_sequence=True)
+    print(f"goal ratio, interleaved: {args.pairs} pairs of {args.passes} encodes of {len(questions)} short queries",
+          flush=True)
+    load_before = load_average()
+    result = measure(lambda texts: model.encode(texts, batch_size=32), lambda texts: encoder.encode(texts, 32),
+                     questions, args.pairs, args.passes)
+    command = ".venv/bin/python bench/bench_export.py " + shlex.join(sys.argv[1:])
+    return {**stamp(result, command, args.threads, args.note, load_before),
+            "export": export_facts(bundle.manifest, args.eval_data)}
+
+
 def goal(result: dict) -> tuple[str, dict]:
-    """The goal line, read from the interleaved median (``run_all.goals_and_notes`` format)."""
-    return (f"int8 as served (one sequence per pass) ≥ {GOAL_RATIO:.1f}x in-process torch on short queries at "
-            f"batch 32, cosine to torch ≥ {GOAL_COSINE}",
-            {"met": result["median_ratio"] >= GOAL_RATIO and result["cosine"] >= GOAL_COSINE,
+    """The goal line, read from the interleaved median and, when the export ran its quality gate, the gate's
+    MRR@10 drop (``run_all.goals_and_notes`` format)."""
+    drop = quality_drop(result.get("export"))
+    facts = {"met": result["median_ratio"] >= GOAL_RATIO and result["cosine"] >= GOAL_COSINE
+             and (drop is None or drop <= GOAL_MRR_DROP + 1e-9),
              "median ratio": f"{result['median_ratio']:.2f}x",
              "range": f"{result['min_ratio']:.2f}-{result['max_ratio']:.2f}x over {len(result['pairs'])} "
                       "interleaved pairs",
-             "cosine": f"{result['cosine']:.4f}"})
+             "cosine": f"{result['cosine']:.4f}"}
+    if drop is not None:
+        facts["MRR@10 drop"] = f"{drop * 100:.2f} points on {result['export']['eval_data']}"
+    return (f"int8 as served (one sequence per pass) ≥ {GOAL_RATIO:.1f}x in-process torch on short queries at "
+            f"batch 32, cosine to torch ≥ {GOAL_COSINE}, MRR@10 drop ≤ {GOAL_MRR_DROP * 100:.0f} point", facts)
+
+
+def quality_drop(export: dict | None) -> float | None:
+    """fp32 minus int8 MRR@10 in the export's quality gate; None when it ran without eval data."""
+    quality = (export or {}).get("quality")
+    if not quality:
+        return None
+    metric = quality["metric"]
+    return quality["onnx"][metric] - quality["int8"][metric]
+
+
+def export_facts(manifest: dict, eval_data: list[str]) -> dict:
+    """What the goal needs from the bundle the ratio was measured on: its int8 fp32 layers (and the tries of
+    ``--int8_fp32_layers auto``) and its export quality gate."""
+    quantization = manifest["variants"]["int8"]["quantization"]
+    return {"fp32_layers": quantization["fp32_layers"], "fp32_layers_tried": quantization.get("fp32_layers_tried"),
+            "quality": manifest.get("quality"), "eval_data": ", ".join(Path(p).name for p in eval_data) or None}
+
+
+def export_sentence(export: dict | None) -> list[str]:
+    """The report's sentence on the measured int8 file, empty for results saved before it was recorded."""
+    if not export:
+        return []
+    tried = export.get("fp32_layers_tried") or []
+    how = ("; `--int8_fp32_layers auto` tried " + ", ".join(
+        f"{t['fp32_layers']} ({'passed' if not t['failures'] else 'failed: ' + '; '.join(t['failures'])})"
+        for t in tried)) if tried else ""
+    line = f"The int8 file measured keeps {export['fp32_layers']} transformer layer(s) fp32{how}."
+    drop = quality_drop(export)
+    if drop is not None:
+        quality, metric = export["quality"], export["quality"]["metric"]
+        line += (f" Its export quality gate on {export['eval_data']} ({quality['questions']} questions, passages "
+                 f"chunked): {metric} int8 {quality['int8'][metric]:.4f} vs fp32 {quality['onnx'][metric]:.4f}, "
+                 f"{drop * 100:.2f} points lower (allowed {quality['max_drop'] * 100:.1f}).")
+    return ["", line]
 
 
 def report(result: dict) -> list[str]:
@@ -100,6 +162,7 @@ def report(result: dict) -> list[str]:
     lines += ["", f"**Median int8 / torch: {result['median_ratio']:.2f}x** (min {result['min_ratio']:.2f}x, max "
               f"{result['max_ratio']:.2f}x); CPU-time ratio median {result['median_cpu_ratio']:.2f}x; mean cosine "
               f"of int8 to torch {result['cosine']:.4f}."]
+    lines += export_sentence(result.get("export"))
     return lines + goals_and_notes([goal(result)], result.get("notes", [])) + [END]
 
 
