@@ -30,6 +30,13 @@ def torch_baseline(questions: list[str], max_seq_length: int) -> dict:
     return {"texts": len(questions), "seconds": round(seconds, 2), "texts_per_s": round(len(questions) / seconds, 1)}
 
 
+def strongest(before: dict, after: dict) -> dict:
+    """The faster of the torch baselines measured before and after the HTTP levels: the denominator of every
+    ratio (torch's speed on the same texts varied 60-102 texts/s between runs on this machine), both recorded."""
+    best = max(before, after, key=lambda run: run["texts_per_s"])
+    return {**best, "runs_texts_per_s": [before["texts_per_s"], after["texts_per_s"]]}
+
+
 def http_embed(registry: Path, name: str, questions: list[str], workdir: Path, quick: bool) -> dict:
     import httpx
 
