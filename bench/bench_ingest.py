@@ -288,7 +288,7 @@ def main() -> None:
     report_options(p)
     args = p.parse_args()
     if args.report_only:
-        rewrite_report("ingest", args.note, report, RESULTS)
+        rewrite_report("ingest", args.note, report, RESULTS, args.no_docs)
         return
     command = "python bench/bench_ingest.py " + shlex.join(sys.argv[1:])
     default_registry(args)

@@ -274,7 +274,7 @@ def main() -> None:
     report_options(p)
     args = p.parse_args()
     if args.report_only:
-        rewrite_report("search_latency", args.note, report, RESULTS)
+        rewrite_report("search_latency", args.note, report, RESULTS, args.no_docs)
         return
     if "hybrid" not in args.modes:
         p.error("--modes must include hybrid (the open loop runs at half its capacity)")

@@ -270,7 +270,7 @@ def main() -> None:
     report_options(p)
     args = p.parse_args()
     if args.report_only:
-        rewrite_report("search_quality", args.note, report, RESULTS)
+        rewrite_report("search_quality", args.note, report, RESULTS, args.no_docs)
         return
     command = "python bench/bench_search_quality.py " + shlex.join(sys.argv[1:])
     load_before = ", ".join(f"{v:.1f}" for v in os.getloadavg())

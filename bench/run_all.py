@@ -72,11 +72,11 @@ def report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_docs", action="store_true", help="print the result only (a smoke run)")
 
 
-def rewrite_report(stage: str, notes: list[str], report, results_dir: Path) -> None:
+def rewrite_report(stage: str, notes: list[str], report, results_dir: Path, no_docs: bool = False) -> None:
     """``--report_only``: the last raw result of ``stage`` with ``notes`` added, published again through
-    ``report(result, command) -> lines``."""
+    ``report(result, command) -> lines`` (printed only with ``no_docs``)."""
     result = saved_result(stage, notes, results_dir)
-    publish(stage, result, report(result, result["command"]), results_dir)
+    finish(stage, result, report(result, result["command"]), no_docs, results_dir)
 
 
 def goals_and_notes(goals, notes: list[str]) -> list[str]:
