@@ -93,6 +93,11 @@ class DocumentCollection(ABC):
         """Top-``k`` hits per query row (inner product of unit vectors = cosine), best first."""
 
     @abstractmethod
+    def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """The span of each listed chunked document's window nearest to ``query`` (one vector): what a dense hit
+        would carry, for hits another ranker found (hybrid). Documents of one window, or gone, are left out."""
+
+    @abstractmethod
     def documents(self, batch_size: int) -> Iterator[list[Document]]:
         """Every live document, in batches (re-embedding with another model streams through this)."""
 

@@ -188,6 +188,15 @@ class Collection(DocumentCollection):
                     break
         return list(hits.values())
 
+    def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, Span]:
+        query = np.asarray(query, dtype=np.float32).reshape(self.dim)
+        spans = {}
+        for doc_id in doc_ids:
+            entry = self.docs.get(doc_id)
+            if entry is not None and len(entry[1]) > 1:
+                spans[doc_id] = self._spans[entry[1][int(np.argmax(self._vectors[entry[1]] @ query))]]
+        return spans
+
     def documents(self, batch_size: int) -> Iterator[list[Document]]:
         docs, _ = self.live()
         for start in range(0, len(docs), batch_size):

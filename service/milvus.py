@@ -46,7 +46,6 @@ Example (Milvus Lite, a real local engine)::
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -62,7 +61,8 @@ from . import milvus_lexical as bm25
 from . import milvus_windows as windows
 from .collection import DocumentCollection
 from .documents import Document, Hit
-from .errors import IndexUnavailable, TooLarge, Unprocessable
+from .errors import IndexUnavailable, TooLarge
+from .milvus_expr import milvus_filter, quote
 from .milvus_feedback import MilvusFeedback
 from .settings import Settings
 
@@ -77,27 +77,6 @@ _FIELDS = ["text", "metadata", "updated_at"]
 def milvus_name(text: str) -> str:
     """A Milvus-safe name part: letters, digits and ``_``."""
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
-
-
-def milvus_filter(where: Mapping[str, object]) -> str | None:
-    """The Milvus boolean expression of a metadata filter; ``None`` when it can match nothing.
-
-    >>> milvus_filter({"lang": "tr", "n": [1, 2]})
-    '(metadata["lang"] == "tr" or json_contains_any(metadata["lang"], ["tr"])) and (metadata["n"] == 1 or \
-metadata["n"] == 2 or json_contains_any(metadata["n"], [1, 2]))'
-    """
-    clauses = []
-    for key, wanted in where.items():
-        values = wanted if isinstance(wanted, list) else [wanted]
-        if not values:
-            return None
-        if any(v is None for v in values):
-            raise Unprocessable(f"filter.{key}: null values cannot be matched with --index milvus")
-        field = f"metadata[{json.dumps(key, ensure_ascii=False)}]"
-        literals = [json.dumps(v, ensure_ascii=False) for v in values]
-        equal = " or ".join(f"{field} == {literal}" for literal in literals)
-        clauses.append(f"({equal} or json_contains_any({field}, [{', '.join(literals)}]))")
-    return " and ".join(clauses)
 
 
 def now_ms() -> int:
@@ -362,6 +341,13 @@ class MilvusCollection(DocumentCollection):
         docs.update(self.get_many([i for hits in merged for i, _, _ in hits if i not in docs]))
         # a window whose document is gone (deleted between the two searches) is left out
         return [[Hit(docs[i], score, span=span) for i, score, span in hits if i in docs] for hits in merged]
+
+    def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if self.windows is None or not doc_ids:
+            return {}
+        query = np.asarray(query, dtype=np.float32).reshape(1, self.dim)
+        found = self.windows.search(query, len(doc_ids), f"doc_id in {quote(doc_ids)}")[0]
+        return {doc_id: span for doc_id, (_, span) in found.items()}
 
     def documents(self, batch_size: int) -> Iterator[list[Document]]:
         for batch in self.rows(batch_size):

@@ -32,7 +32,6 @@ window left by a crash in between names no document: a search drops it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,16 +40,12 @@ import numpy as np
 from training.chunking import WindowVectors
 
 from .errors import IndexUnavailable
+from .milvus_expr import quote
 
 SUFFIX = "_windows"  # the companion of collection <name> is <name>_windows
 DESCRIPTION = ("every window of a long document is a row of the windows collection; a search returns each "
                "document once, scored by its best window (its span)")
 _OUT = ["doc_id", "span_start", "span_end"]
-
-
-def quote(values: Sequence[str]) -> str:
-    """A Milvus list literal of strings."""
-    return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in values) + "]"
 
 
 def window_counts(count: int, owners: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ One request takes one :class:`~service.generation.Generation` and searches it as
   per-query min-max normalised scores) or :func:`training.fusion.rrf_fusion` fuses them: the functions and the
   depth training uses to choose α, so the number it reports is what this returns. The lexical side runs in a
   small thread pool of its own (:data:`LEXICAL_THREADS`) while the query is embedded and the vector index
-  searched: off the event loop, and never queued behind the index thread.
+  searched: off the event loop, and never queued behind the index thread. A long document carries the span
+  of its window nearest the query (``DocumentCollection.best_windows``) even when only the lexical side
+  listed it; in lexical mode hits carry no span (the model does not run).
 
 α: the request's ``alpha``, else ``--hybrid_alpha``, else the model bundle's (``manifest["fusion"]["alpha"]``,
 chosen on data by training or export), else :data:`DEFAULT_ALPHA` (:func:`fusion_defaults`, once per
@@ -225,7 +227,7 @@ async def run_search(gen: Generation, queries: Sequence[str], top_k: int, where:
     defaults = gen.fusion if isinstance(gen.fusion, FusionDefaults) else FusionDefaults(DEFAULT_ALPHA, "default")
     alpha = options.alpha if options.alpha is not None else defaults.alpha
     hits, runs = [], []
-    for row, side in zip(dense, sides, strict=True):
+    for vector, row, side in zip(result.vectors, dense, sides, strict=True):
         if side.unavailable or not side.terms:
             hits.append([replace(h, dense_score=h.score) for h in row[:top_k]])
             runs.append(QueryRun("dense", None if side.unavailable else [],
@@ -237,8 +239,11 @@ async def run_search(gen: Generation, queries: Sequence[str], top_k: int, where:
         ranked_lexical = [(doc.id, score) for doc, score in side.hits]
         fused = (weighted_fusion(ranked_dense, ranked_lexical, alpha, limit=top_k) if options.fusion == "weighted"
                  else rrf_fusion(ranked_dense, ranked_lexical, limit=top_k))
+        # a long document only the lexical side listed still points at its best window (by the query's vector)
+        lexical_only = [f.key for f in fused if f.key not in found]
+        spans = await gen.run(gen.collection.best_windows, vector, lexical_only) if lexical_only else {}
         hits.append([Hit(found[f.key].doc if f.key in found else docs[f.key], f.score, f.dense_score,
-                         f.lexical_score, found[f.key].span if f.key in found else None) for f in fused])
+                         f.lexical_score, found[f.key].span if f.key in found else spans.get(f.key)) for f in fused])
         runs.append(QueryRun("hybrid", list(side.terms)))
     timings["search_s"] = time.perf_counter() - t0
     if metrics is not None:

@@ -203,6 +203,29 @@ def test_a_long_document_is_one_hit_with_its_best_window(client):
         client.delete("/documents/long")
 
 
+def test_a_long_document_only_the_lexical_side_found_still_has_its_best_window(client, monkeypatch):
+    """Each side lists only ``top_k`` here (candidate depth 1), so the dense side leaves the long document out;
+    fused in by its lexical score, it carries the span of the window nearest the query, the one dense mode
+    returns it with."""
+    import service.search
+
+    filler = " ".join(f"Anadolu'nun {i}. köyünde buğday, arpa ve mercimek ekilir." for i in range(30))
+    text = filler + " En sonda Zeytindağı'nın yamaçlarında eski bir zeytinlik vardır."
+    assert client.post("/documents", json={"documents": [{"id": "long", "text": text}]}).status_code == 200
+    query = "Zeytindağı kedisi köpeği"  # lexically only "zeyti" matches, in the long document alone
+    try:
+        dense_span = next(h["span"] for h in search(client, query, mode="dense", top_k=100)["results"]
+                          if h["id"] == "long")
+        monkeypatch.setattr(service.search, "CANDIDATES", 1)
+        assert "long" not in ids(search(client, query, mode="dense", top_k=3)["results"])
+        hit = next(h for h in search(client, query, top_k=3, alpha=0.3)["results"] if h["id"] == "long")
+        assert hit["dense_score"] is None and hit["lexical_score"] is not None  # only the lexical side listed it
+        start, end = hit["span"]
+        assert hit["span"] == dense_span and 0 <= start < end <= len(text) and end - start < len(text)
+    finally:
+        client.delete("/documents/long")
+
+
 def test_info_says_where_alpha_comes_from(client):
     info = client.get("/info").json()["search"]
     assert info["alpha"] == 0.5 and info["alpha_source"] == "default" and info["warning"] is None

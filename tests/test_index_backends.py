@@ -232,3 +232,21 @@ def test_milvus_feedback_round_trip_in_order(tmp_path):
         assert store.read_feedback() == records
     finally:
         store.close()
+
+
+def test_best_windows_names_the_window_nearest_a_query(make):
+    """What hybrid search gives a long document only the lexical side found: the span of its best window, the
+    one a dense search returns it with; documents of one window, and unknown ones, are left out."""
+    rng = np.random.default_rng(3)
+    windows = unit(rng, 4)
+    c = make()
+    c.upsert([Document("long", "Birinci. İkinci. Üçüncü.", {}), Document("short", "Kısa.", {})],
+             np.concatenate([windows[:3], windows[3:]]), owners=np.array([0, 0, 0, 1]),
+             spans=[(0, 8), (9, 16), (17, 24), None])
+    for k, span in enumerate([(0, 8), (9, 16), (17, 24)]):
+        assert c.best_windows(windows[k], ["long", "short", "gone"]) == {"long": span}
+        assert (c.search(windows[k:k + 1], 1)[0][0].doc.id, c.search(windows[k:k + 1], 1)[0][0].span) == (
+            "long", span)
+    assert c.best_windows(windows[0], []) == {}
+    c.upsert([Document("long", "Tek pencere.", {})], windows[:1])  # one window now
+    assert c.best_windows(windows[0], ["long"]) == {}
