@@ -3,7 +3,8 @@
 Steps: ONNX fp32 (pooling + normalisation in the graph), tokenizer and PyTorch reference embeddings,
 after which the PyTorch model is released → onnxruntime fusions (``onnx-optimized``) → dynamic int8 of
 the fused graph → optional fp16; then the parity and batch-invariance gates on real texts and the quality
-gate when eval data is given, one variant's session at a time, and an atomic publish. Everything is built
+gate when eval data is given, one variant's session at a time (int8 quantised again with more fp32 layers
+while it fails one, ``fp32_layers="auto"``), and an atomic publish. Everything is built
 in the registry's staging folder and discarded when a step or a gate fails (unless ``force``).
 
 Example::
