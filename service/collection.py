@@ -92,6 +92,12 @@ class DocumentCollection(ABC):
     def search(self, queries: np.ndarray, k: int, where: Mapping[str, object] | None = None) -> list[list[Hit]]:
         """Top-``k`` hits per query row (inner product of unit vectors = cosine), best first."""
 
+    @property
+    def chunked(self) -> bool:
+        """Whether a document may have several windows: when not, :meth:`best_windows` has nothing to say and
+        hybrid search does not ask it (a read on the event loop: stale by a write at most)."""
+        return True
+
     @abstractmethod
     def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """The span of each listed chunked document's window nearest to ``query`` (one vector): what a dense hit

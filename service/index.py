@@ -188,6 +188,10 @@ class Collection(DocumentCollection):
                     break
         return list(hits.values())
 
+    @property
+    def chunked(self) -> bool:
+        return self.live_rows_count > len(self.docs)
+
     def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, Span]:
         query = np.asarray(query, dtype=np.float32).reshape(self.dim)
         spans = {}

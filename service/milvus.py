@@ -342,6 +342,10 @@ class MilvusCollection(DocumentCollection):
         # a window whose document is gone (deleted between the two searches) is left out
         return [[Hit(docs[i], score, span=span) for i, score, span in hits if i in docs] for hits in merged]
 
+    @property
+    def chunked(self) -> bool:
+        return self.windows is not None
+
     def best_windows(self, query: np.ndarray, doc_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         if self.windows is None or not doc_ids:
             return {}

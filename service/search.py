@@ -240,7 +240,7 @@ async def run_search(gen: Generation, queries: Sequence[str], top_k: int, where:
         fused = (weighted_fusion(ranked_dense, ranked_lexical, alpha, limit=top_k) if options.fusion == "weighted"
                  else rrf_fusion(ranked_dense, ranked_lexical, limit=top_k))
         # a long document only the lexical side listed still points at its best window (by the query's vector)
-        lexical_only = [f.key for f in fused if f.key not in found]
+        lexical_only = [f.key for f in fused if f.key not in found] if gen.collection.chunked else []
         spans = await gen.run(gen.collection.best_windows, vector, lexical_only) if lexical_only else {}
         hits.append([Hit(found[f.key].doc if f.key in found else docs[f.key], f.score, f.dense_score,
                          f.lexical_score, found[f.key].span if f.key in found else spans.get(f.key)) for f in fused])
