@@ -183,6 +183,7 @@ def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
         return scratch / name / f"{source.stem}_quantized.onnx"
 
     published = bundle.variant_path("int8")
+    layers = bundle.manifest["variants"]["int8"]["quantization"]["fp32_layers"]
     return [
         torch_row,
         measure("fp32, exported graph (no offline fusion)", bundle.variant_path("onnx")),
@@ -191,7 +192,9 @@ def _int8_study(bundle, scratch: Path, model, questions, args) -> list[dict]:
         measure("int8, optimum avx2 preset (u8 weights), plain graph", optimum_preset("avx2", "avx2")),
         measure(f"int8 {target}: s8 weights, reduce_range, plain graph", ours("plain", "onnx", fp32_layers=0)),
         measure(f"int8 {target}: ... on the fused graph, all layers", ours("fused", "onnx-optimized", fp32_layers=0)),
-        measure(f"int8 {target}: ... fused, layer 0 fp32 (published int8)", published),
+        measure(f"int8 {target}: ... fused, layer 0 fp32", ours("layer0", "onnx-optimized", fp32_layers=1)),
+        measure(f"int8 {target}: ... fused, {layers} fp32 layer(s) (published int8, --int8_fp32_layers "
+                f"{args.int8_fp32_layers})", published),
         measure("published settings with per-tensor weights", ours("per_tensor", "onnx-optimized", per_channel=False)),
         measure("published int8, batches not sorted by length (more padding)", published, sort=False),
         measure("published int8, 1 thread", published, threads=1),
