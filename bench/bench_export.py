@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from export.bundle import open_bundle  # noqa: E402
+from export.cli import fp32_layers_option  # noqa: E402
 from export.gates import mean_cosine  # noqa: E402
 from export.quantize import cpu_flags, detect_int8_target, quantize_int8  # noqa: E402
 from export.runtime import OnnxEncoder, pad_batch, quantization_mode, session_options  # noqa: E402
@@ -68,7 +69,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("interleaved",),
                         help="interleaved: only the goal's interleaved ratio; rewrites only its section")
     parser.add_argument("--pairs", type=int, default=7, help="interleaved torch/int8 pairs for the goal's ratio")
-    parser.add_argument("--int8_fp32_layers", default="auto", help="export's --int8_fp32_layers (auto or a number)")
+    parser.add_argument("--int8_fp32_layers", type=fp32_layers_option, default="auto",
+                        help="export's --int8_fp32_layers (auto or a number)")
     parser.add_argument("--eval_data", nargs="*", default=["tquad1.dev.jsonl"],
                         help="export's --eval_data, files in --data_dir (the quality gate; the goal's MRR@10 drop)")
     parser.add_argument("--passes", type=int, default=1, help="encodes of the queries per interleaved round")
@@ -93,9 +95,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        layers = args.int8_fp32_layers if args.int8_fp32_layers == "auto" else int(args.int8_fp32_layers)
         eval_data = [Path(args.data_dir) / name for name in args.eval_data]
-        export_model(model_dir, scratch, "bench", threads=args.threads, fp32_layers=layers, eval_data=eval_data,
+        export_model(model_dir, scratch, "bench", threads=args.threads, fp32_layers=args.int8_fp32_layers,
+                     eval_data=eval_data,
                      log=lambda m: None)
         export_seconds = time.perf_counter() - started
         bundle = open_bundle(scratch, "bench")

@@ -93,7 +93,7 @@ def _publish(argv: list[str]) -> int:
                         help="CPU instruction set the int8 file is configured for (auto: this CPU)")
     parser.add_argument("--per_channel", action=argparse.BooleanOptionalAction, default=True,
                         help="per-channel int8 weight scales")
-    parser.add_argument("--int8_fp32_layers", type=_fp32_layers, default="auto",
+    parser.add_argument("--int8_fp32_layers", type=fp32_layers_option, default="auto",
                         help="keep the first N transformer layers fp32 in the int8 file (accuracy vs speed); auto: "
                         "the fewest that pass the gates, from 0 with --eval_data (the quality gate judges), else 1")
     parser.add_argument("--max_seq_length", type=int, default=None, help="override the model's max_seq_length")
@@ -119,7 +119,8 @@ def _publish(argv: list[str]) -> int:
     return 0
 
 
-def _fp32_layers(value: str) -> int | str:
+def fp32_layers_option(value: str) -> int | str:
+    """``--int8_fp32_layers``: ``auto`` or a whole number."""
     if value == "auto":
         return value
     if value.isdigit():

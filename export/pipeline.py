@@ -194,7 +194,7 @@ def _run_gates(staging: Path, variants, records, texts, reference, facts: dict, 
         quantize, next_layers = retry_int8
         tried = []
         for layers in (*next_layers, None):
-            failures = _int8_failures(measured, queries)
+            failures = _failures(measured, queries, ["int8"])
             int8 = facts["variants"]["int8"]
             quality = measured["int8"].get("quality", {}).get(gates.QUALITY_METRIC)
             tried.append({"fp32_layers": int8["quantization"]["fp32_layers"],
@@ -264,19 +264,12 @@ def _measure(staging: Path, variant: str, facts: dict, records, texts, reference
     return measured
 
 
-def _int8_failures(measured: dict[str, dict], queries: int) -> list[str]:
-    """The gates int8 fails by itself: its parity, its invariance, its quality against fp32 onnx."""
-    int8 = measured["int8"]
-    return (gates.parity_failures({"int8": int8["mean_cosine"]})
-            + gates.invariance_failures({"int8": int8["invariance"]})
-            + gates.quality_failures({v: measured[v]["quality"] for v in ("onnx", "int8")
-                                      if "quality" in measured.get(v, {})}, queries))
-
-
-def _failures(measured: dict[str, dict], queries: int) -> list[str]:
-    """Every gate's failures over the ``measured`` variants (parity, then invariance, then quality)."""
-    return (gates.parity_failures({v: m["mean_cosine"] for v, m in measured.items()})
-            + gates.invariance_failures({v: m["invariance"] for v, m in measured.items()})
+def _failures(measured: dict[str, dict], queries: int, variants: Sequence[str] | None = None) -> list[str]:
+    """The gates' failures over the ``measured`` variants (parity, then invariance, then quality); ``variants``:
+    only theirs (int8's quality is judged against fp32 onnx's either way)."""
+    judged = {v: m for v, m in measured.items() if variants is None or v in variants}
+    return (gates.parity_failures({v: m["mean_cosine"] for v, m in judged.items()})
+            + gates.invariance_failures({v: m["invariance"] for v, m in judged.items()})
             + gates.quality_failures({v: m["quality"] for v, m in measured.items() if "quality" in m}, queries))
 
 
