@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inputs import apart_from_eval_sets  # noqa: E402  (bench/)
+
 from training.data import load_qa_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "turkish-qa"
@@ -75,7 +77,7 @@ def training_subset(args) -> list:
     data = load_qa_data([args.data_dir / name for name in TRAIN_FILES])
     # Sample whole passages so each keeps all its questions, as a real FAQ would.
     by_passage: dict[str, list] = {}
-    for record in data.records:
+    for record in apart_from_eval_sets(data.records, args.data_dir, EVAL_FILES):
         by_passage.setdefault(record.positive, []).append(record)
     passages = sorted(by_passage)
     random.Random(13).shuffle(passages)

