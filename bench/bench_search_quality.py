@@ -88,15 +88,16 @@ def task_of(path: Path, limit_passages: int | None = None) -> RetrievalTask:
 
 # ------------------------------------------------------------------------------------------- models
 def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Path], reexport: bool,
-                  variants: str | None = None) -> dict:
+                  variants: str | None = None, max_seq_length: int | None = None) -> dict:
     """``python -m export`` of ``model_dir`` as ``registry/name`` (skipped when it exists, unless ``reexport``;
-    ``variants``: export's ``--variants``); returns the manifest's facts this report shows."""
+    ``variants``, ``max_seq_length``: export's options); returns the manifest's facts this report shows."""
     from export.bundle import open_bundle
 
     if reexport or not (registry / name / "LATEST").exists():
         command = [sys.executable, "-m", "export", "--model_dir", model_dir, "--registry", str(registry), "--name",
                    name, *(["--eval_data", *map(str, eval_data)] if eval_data else []),
-                   *(["--variants", variants] if variants else [])]
+                   *(["--variants", variants] if variants else []),
+                   *(["--max_seq_length", str(max_seq_length)] if max_seq_length else [])]
         print("$", shlex.join(command), flush=True)
         t0 = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -229,7 +230,8 @@ def run(args, workdir: Path) -> dict:
     models = {}
     if args.only in (None, "base"):
         eval_data = [apart_copy(DATA / name, workdir) for name in args.base_eval_data]
-        models["base"] = export_bundle(BASE, args.registry, "base", eval_data, args.reexport, args.base_variants)
+        models["base"] = export_bundle(BASE, args.registry, "base", eval_data, args.reexport, args.base_variants,
+                                       args.base_max_seq_length)
     finetuned = None if args.base_only or args.only == "base" else (
         args.finetuned or train_model(args.registry.parent / "quality-finetuned", args.train_pairs))
     if finetuned:
@@ -274,6 +276,9 @@ def main() -> None:
     p.add_argument("--base_eval_data", nargs="*", default=["tquad1.train.jsonl", "enelpi2020.train.jsonl"],
                    help="files (in the data folder) on whose pairs apart from the evaluation sets export chooses "
                         "the base model's α")
+    p.add_argument("--base_max_seq_length", type=int, default=128,
+                   help="the base export's --max_seq_length: all-MiniLM-L6-v2 was trained on 128 tokens, and its "
+                        "126-token windows rank passages better than 254-token ones (0 or none: the model's 256)")
     p.add_argument("--base_variants", help="the base export's --variants (e.g. onnx,onnx-optimized where its int8 "
                    "fails the quality gate on --base_eval_data)")
     p.add_argument("--only", choices=("base", "fine-tuned"),
