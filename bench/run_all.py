@@ -89,9 +89,19 @@ def goals_and_notes(goals, notes: list[str]) -> list[str]:
     return lines + (["", "## Notes", "", *[f"* {n}" for n in notes]] if notes else []) + [""]
 
 
+def _shorten(value):
+    """``value`` with each long list (per-question values) replaced by its length, for printing: the results file
+    keeps it whole."""
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return f"[{len(value)} values]" if len(value) > 50 else [_shorten(v) for v in value]
+    return value
+
+
 def finish(stage: str, result: dict, lines: list[str], no_docs: bool, results_dir: Path) -> None:
     """Print a benchmark's result and report; publish them unless ``no_docs`` (a smoke run)."""
-    print(json.dumps(result, indent=1, ensure_ascii=False))
+    print(json.dumps(_shorten(result), indent=1, ensure_ascii=False))
     if no_docs:
         print("\n".join(lines) + "\n(--no_docs: nothing written)")
         return
