@@ -26,7 +26,8 @@ on tquad1.dev. Quality numbers do not depend on machine load (durations do; they
 Fine-tuned model: ``--finetuned DIR`` (a ``python -m training`` model folder; its metrics.json ``fusion`` gives
 the bundle's α), else one trained here once (MiniLM, tquad1.train.jsonl, BM25-mined negatives, 1 epoch, under
 ``nice``; kept beside the registry and reused), or none with ``--base_only``. The base model has no training
-run: its α is chosen by ``python -m export --eval_data`` on ``--base_eval_data`` (default both train files).
+run: it is exported at ``--base_max_seq_length`` (128, the length it was trained on) and its α is chosen by
+``python -m export --eval_data`` on ``--base_eval_data`` (default both train files).
 Training and α see only pairs apart from the evaluation sets (TQuAD's train and dev files share 19 passages).
 
 Writes ``docs/benchmarks/search_quality.md`` (then ``docs/benchmarks.md``, see ``bench/run_all.py``) and
