@@ -52,16 +52,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import ingest  # noqa: E402  (bench/)
 from http_load import Service  # noqa: E402
-from inputs import DATA, RESULTS, ROOT, apart_from_eval_sets  # noqa: E402
+from inputs import DATA, EVAL_SETS, RESULTS, ROOT, apart_from_eval_sets  # noqa: E402
 from run_all import finish, report_options, rewrite_report  # noqa: E402
 from search_quality_report import goals, report  # noqa: E402
 
 from training.analyzer import DEFAULT_ANALYZER, Analyzer  # noqa: E402
-from training.data import load_qa_data  # noqa: E402
+from training.data import load_qa_data, write_pairs_jsonl  # noqa: E402
 from training.metrics import RetrievalTask, evaluate_rankings, reciprocal_ranks  # noqa: E402
 from training.retrieval import lexical_rankings, ranking_keys  # noqa: E402
 
-SETS = ("tquad1.dev.jsonl", "enelpi2020.test.jsonl")
+SETS = EVAL_SETS
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 # (row, chunking setting, request fields); "lexical" runs on both settings: they must agree (same FTS5 index)
 MODES = (
@@ -114,11 +114,7 @@ def export_bundle(model_dir: str, registry: Path, name: str, eval_data: list[Pat
 def apart_copy(path: Path, folder: Path) -> Path:
     """A temporary JSONL of ``path``'s pairs apart from the evaluation sets (the shared data is never copied into
     the project): what a model trains on, or an export chooses α on."""
-    records = apart_from_eval_sets(load_qa_data([path]).records, DATA, SETS)
-    out = folder / path.name
-    out.write_text("".join(json.dumps({"question": r.question, "answer": r.positive}, ensure_ascii=False) + "\n"
-                           for r in records), encoding="utf-8")
-    return out
+    return write_pairs_jsonl(apart_from_eval_sets(load_qa_data([path]).records), folder / path.name)
 
 
 # the fine-tuned model of the report: BM25-mined negatives, one per question (docs/training.md measured it best)
@@ -279,7 +275,7 @@ def main() -> None:
                         "the base model's α")
     p.add_argument("--base_max_seq_length", type=int, default=128,
                    help="the base export's --max_seq_length: all-MiniLM-L6-v2 was trained on 128 tokens, and its "
-                        "126-token windows rank passages better than 254-token ones (0 or none: the model's 256)")
+                        "126-token windows rank passages better than 254-token ones (0: the model's own, 256)")
     p.add_argument("--base_variants", help="the base export's --variants (e.g. onnx,onnx-optimized where its int8 "
                    "fails the quality gate on --base_eval_data)")
     p.add_argument("--only", choices=("base", "fine-tuned"),

@@ -35,13 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inputs import apart_from_eval_sets  # noqa: E402  (bench/)
+from inputs import EVAL_SETS, apart_from_eval_sets  # noqa: E402  (bench/)
 
 from training.data import load_qa_data  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "turkish-qa"
 TRAIN_FILES = ("tquad1.train.jsonl", "enelpi2020.train.jsonl")
-EVAL_FILES = ("tquad1.dev.jsonl", "enelpi2020.test.jsonl")
+EVAL_FILES = EVAL_SETS
 CONFIGS = ("base", "in_batch", "auto_mined", "plain_st")
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DataError, QARecord, load_qa_data, load_qa_file
+from training.data import DataError, QARecord, load_qa_data, load_qa_file, write_pairs_jsonl
 
 TURKISH = "İstanbul'un ılık şehri ğ ü ş ö ç Iı İi"
 
@@ -128,3 +128,12 @@ def test_invalid_utf8_names_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         load_qa_file(tmp_path / "nope.json")
+
+
+def test_written_pairs_read_back_unchanged(tmp_path):
+    records = [QARecord("İstanbul'un eski adı nedir?", 'Eski adı "Konstantinopolis"dir.\nSatır sonu da var.'),
+               QARecord("Çay nerede yetişir?", "Rize'de.", negatives=("Kahve cezvede pişer.",))]
+    path = write_pairs_jsonl(records, tmp_path / "pairs.jsonl")
+    assert "İstanbul" in path.read_text(encoding="utf-8")  # not \u-escaped
+    assert [(r.question, r.positive, r.negatives) for r in load_qa_file(path)] == [
+        (records[0].question, records[0].positive, ()), (records[1].question, records[1].positive, ())]

@@ -111,6 +111,16 @@ def load_qa_file(path: str | Path) -> list[QARecord]:
     return records
 
 
+def write_pairs_jsonl(records: Iterable[QARecord], path: str | Path) -> Path:
+    """Write ``records`` as plain pairs, one ``{"question", "answer"}`` object per line (the guide's JSONL; hard
+    negatives are not written), UTF-8 without ASCII escapes; :func:`load_qa_file` reads it back."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps({"question": record.question, "answer": record.positive}, ensure_ascii=False) + "\n")
+    return path
+
+
 def deduplicate(records: Iterable[QARecord]) -> tuple[list[QARecord], int]:
     """Drop exact duplicate (question, positive) pairs; negatives of duplicates are merged in order."""
     merged: dict[tuple[str, str], QARecord] = {}

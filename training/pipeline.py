@@ -24,7 +24,7 @@ import numpy as np
 from training import report
 from training.analyzer import DEFAULT_ANALYZER, Analyzer
 from training.config import TrainingConfig
-from training.data import QAData, QARecord, load_qa_data
+from training.data import QAData, QARecord, load_qa_data, write_pairs_jsonl
 from training.encoding import SentenceEncoder
 from training.finetune import fine_tune
 from training.metrics import RetrievalTask, evaluate
@@ -227,9 +227,7 @@ def _with_negatives(records, config: TrainingConfig, encoder: SentenceEncoder, l
 
 def _write_outputs(folder: Path, payload: dict, loss_history, eval_records) -> None:
     (folder / "metrics.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(folder / EVAL_DATA_FILE, "w", encoding="utf-8") as out:
-        for record in eval_records:
-            out.write(json.dumps({"question": record.question, "answer": record.positive}, ensure_ascii=False) + "\n")
+    write_pairs_jsonl(eval_records, folder / EVAL_DATA_FILE)
     report.plot_loss(loss_history, folder / "loss.png")
     report.plot_comparison(payload, folder / "compare.png")
     (folder / "README.md").write_text(report.model_card(payload), encoding="utf-8")
