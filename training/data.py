@@ -16,7 +16,7 @@ Example::
     >>> from training.data import load_qa_data
     >>> data = load_qa_data(["examples/example_qa_data.json"])
     >>> data.records[0].question
-    'Python nedir?'
+    'Python nasıl bir programlama dilidir?'
 """
 
 from __future__ import annotations
